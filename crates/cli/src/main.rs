@@ -1,0 +1,68 @@
+//! `cliptune`: fine-tune CLIP on captioned images and search with it.
+//!
+//! Each command group lives in its own module; `main` only parses and dispatches.
+//! Exit codes: 0 success, 1 failure, 2 usage error (clap).
+
+mod models;
+mod output;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "cliptune",
+    version,
+    about = "Fine-tune CLIP on your captioned images and search with it"
+)]
+struct Cli {
+    /// Data directory of the embedded store (models, datasets, vectors).
+    #[arg(long, global = true, env = "CLIPTUNE_HOME")]
+    home: Option<PathBuf>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect, import and create models.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
+}
+
+/// What every command gets besides its own arguments.
+pub struct Ctx {
+    pub home: PathBuf,
+    pub json: bool,
+}
+
+fn default_home() -> PathBuf {
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")));
+    data.unwrap_or_else(|| PathBuf::from(".")).join("cliptune")
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CLIPTUNE_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let ctx = Ctx {
+        home: cli.home.unwrap_or_else(default_home),
+        json: cli.json,
+    };
+    let result = match cli.command {
+        Command::Models(cmd) => models::run(&ctx, cmd),
+    };
+    if let Err(err) = result {
+        output::fail(&ctx, &err);
+    }
+}

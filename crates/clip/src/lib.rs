@@ -1,0 +1,15 @@
+//! The CLIP model in libtorch: architecture configs, the two towers, and checkpoint
+//! import. Tensors only: this crate knows nothing of HTTP, storage or training loops.
+
+pub mod checkpoint;
+pub mod config;
+mod device;
+mod error;
+pub mod model;
+
+pub use checkpoint::{Format, Inspection, LoadOptions};
+pub use config::{Activation, ClipConfig, TextConfig, VisionConfig, PRESETS};
+pub use device::{device_name, parse_device};
+pub use error::{ClipError, Result};
+pub use model::{normalize, Clip, LOGIT_SCALE_INIT, LOGIT_SCALE_MAX};
+pub use tch;

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Lays out libtorch 2.11.0 (for tch 0.24) from PyPI wheels into .libtorch/.
+#
+#   scripts/setup-libtorch.sh          lean CPU layout (~500 MB, no GPU code linked)
+#   CUDA=1 scripts/setup-libtorch.sh   full CUDA layout (a venv with torch==2.11.0, ~4.6 GB)
+#
+# Idempotent: a second run with the same layout returns at once.
+# Wheels are cached in $CLIPTUNE_CACHE (default ~/.cache/cliptune) so a re-clone is fast.
+set -euo pipefail
+
+TORCH_VERSION=2.11.0
+CUDART=nvidia-cuda-runtime==13.0.96
+CUPTI=nvidia-cuda-cupti==13.0.85
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+dest=$root/.libtorch
+cache=${CLIPTUNE_CACHE:-$HOME/.cache/cliptune}
+layout=cpu
+[ "${CUDA:-0}" = "1" ] && layout=cuda
+
+if [ -f "$dest/build-version" ] && [ "$(cat "$dest/layout" 2>/dev/null)" = "$layout" ]; then
+  echo "libtorch $TORCH_VERSION ($layout) already set up in $dest"
+  exit 0
+fi
+
+py=${PYTHON:-python3}
+command -v "$py" >/dev/null || { echo "error: python3 with pip is needed to fetch the torch wheels" >&2; exit 1; }
+
+rm -rf "$dest.tmp" && mkdir -p "$dest.tmp/lib"
+
+if [ "$layout" = cpu ]; then
+  wheels=$cache/wheels
+  mkdir -p "$wheels"
+  if ! ls "$wheels"/torch-$TORCH_VERSION-*.whl >/dev/null 2>&1 \
+     || ! ls "$wheels"/nvidia_cuda_runtime-*.whl >/dev/null 2>&1 \
+     || ! ls "$wheels"/nvidia_cuda_cupti-*.whl >/dev/null 2>&1; then
+    echo "downloading torch==$TORCH_VERSION wheels into $wheels (about 545 MB) ..."
+    "$py" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
+      --platform manylinux_2_28_x86_64 -d "$wheels" \
+      "torch==$TORCH_VERSION" "$CUDART" "$CUPTI"
+  fi
+  # Keep only what a CPU program needs: headers, libtorch_cpu, c10, gomp, and the two
+  # small CUDA runtime libraries that libtorch_cpu.so lists as needed (they load without a GPU).
+  "$py" - "$wheels" "$dest.tmp" "$TORCH_VERSION" <<'PY'
+import glob, os, sys, zipfile
+wheels, out, version = sys.argv[1:]
+keep_lib = {"libtorch_cpu.so", "libc10.so", "libgomp.so.1", "libcudart.so.13", "libcupti.so.13"}
+def extract(whl):
+    with zipfile.ZipFile(whl) as z:
+        for info in z.infolist():
+            n = info.filename
+            if n.startswith("torch/include/") and not n.endswith("/"):
+                target = os.path.join(out, n[len("torch/"):])
+            elif os.path.basename(n) in keep_lib and "/lib/" in n:
+                target = os.path.join(out, "lib", os.path.basename(n))
+            else:
+                continue
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with z.open(info) as src, open(target, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+for pattern in (f"torch-{version}-*.whl", "nvidia_cuda_runtime-*.whl", "nvidia_cuda_cupti-*.whl"):
+    extract(sorted(glob.glob(os.path.join(wheels, pattern)))[-1])
+PY
+  # The wheel's libtorch.so only exists to pull in libtorch_cuda.so: replace it by an
+  # empty library so that `-ltorch` resolves and no CUDA code is linked.
+  "${CC:-cc}" -shared -o "$dest.tmp/lib/libtorch.so" -x c /dev/null
+else
+  venv=$root/.libtorch-venv
+  if [ ! -x "$venv/bin/python" ]; then
+    "$py" -m venv "$venv"
+  fi
+  "$venv/bin/python" -m pip install --quiet "torch==$TORCH_VERSION"
+  site=$("$venv/bin/python" -c 'import torch, os; print(os.path.dirname(torch.__file__))')
+  # The libraries stay in the venv so that their $ORIGIN-relative paths to the
+  # nvidia-* packages keep working; build scripts add the resolved directory as rpath.
+  rmdir "$dest.tmp/lib"
+  ln -s "$site/include" "$dest.tmp/include"
+  ln -s "$site/lib" "$dest.tmp/lib"
+fi
+
+echo "$TORCH_VERSION" > "$dest.tmp/build-version"
+echo "$layout" > "$dest.tmp/layout"
+rm -rf "$dest"
+mv "$dest.tmp" "$dest"
+echo "libtorch $TORCH_VERSION ($layout) set up in $dest"
