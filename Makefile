@@ -1,0 +1,35 @@
+# cliptune: the two quick-start commands are `make run` and `make test`.
+# CUDA=1 selects the full CUDA libtorch layout (see scripts/setup-libtorch.sh).
+
+CUDA ?= 0
+CARGO ?= cargo
+
+.PHONY: setup build run test bench-forward fixtures check-tools
+
+check-tools:
+	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
+	@command -v python3 >/dev/null || { echo "error: python3 (with pip) is needed to fetch libtorch wheels" >&2; exit 1; }
+	@command -v c++ >/dev/null || { echo "error: a C++ compiler (g++) is needed to build libtorch bindings" >&2; exit 1; }
+
+## Lay out libtorch 2.11.0 in .libtorch (idempotent).
+setup: check-tools
+	@CUDA=$(CUDA) scripts/setup-libtorch.sh
+
+build: setup
+	$(CARGO) build --bin cliptune
+
+## The main job: a fresh store, a captioned image set, the pipeline, a search.
+run: build
+	scripts/demo.sh
+
+## Every test (unit, parity, integration, end to end).
+test: setup
+	$(CARGO) test --workspace
+
+## Forward throughput vs PyTorch/open_clip (needs the Python reference venv).
+bench-forward: setup
+	scripts/bench-forward.sh
+
+## Regenerate the parity fixtures with the Python reference implementations.
+fixtures:
+	$$(scripts/refvenv.sh) scripts/reference/clip_reference.py tests/fixtures/clip
