@@ -26,6 +26,12 @@ fi
 py=${PYTHON:-python3}
 command -v "$py" >/dev/null || { echo "error: python3 with pip is needed to fetch the torch wheels" >&2; exit 1; }
 
+# torch-sys decides at build time whether to link CUDA; after a layout switch it must rebuild.
+if [ -f "$dest/layout" ] && [ -d "$root/target" ]; then
+  echo "switching libtorch layout to $layout: cleaning torch-sys builds"
+  (cd "$root" && cargo clean -q -p torch-sys) || true
+fi
+
 rm -rf "$dest.tmp" && mkdir -p "$dest.tmp/lib"
 
 if [ "$layout" = cpu ]; then
