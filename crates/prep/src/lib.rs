@@ -1,0 +1,24 @@
+//! CLIP's tokenizer and image preprocessing, identical to the reference Python
+//! implementations (open_clip's tokenizer; OpenAI's PIL + torchvision transform), as plain
+//! `Vec<i64>` / `Vec<f32>` buffers so that any crate can use them without libtorch.
+//!
+//! ```no_run
+//! use cliptune_prep::{Preprocessor, Tokenizer};
+//! let ids = Tokenizer::shared().tokenize("a photo of a cat", 77); // [77]
+//! let pixels = Preprocessor::new(224).from_path("cat.jpg".as_ref())?; // [3, 224, 224]
+//! # Ok::<(), cliptune_prep::PrepError>(())
+//! ```
+//! See docs/preprocessing.md for the exact rules and what is (not) reproduced.
+
+pub mod clean;
+mod decode;
+mod error;
+pub mod npy;
+mod preprocess;
+mod resample;
+mod tables;
+pub mod tokenizer;
+
+pub use error::{PrepError, Result};
+pub use preprocess::{Preprocessor, DEFAULT_MAX_PIXELS, MEAN, STD};
+pub use tokenizer::{Tokenizer, CONTEXT_LENGTH, EOT, SOT, VOCAB_SIZE};
