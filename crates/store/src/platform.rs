@@ -76,7 +76,7 @@ pub trait Platform: Send + Sync {
         updates: &[VariableUpdate],
     ) -> Result<Vec<Variable>>;
     /// Sets a Model variable to `model_id` in one atomic step, only if that model is
-    /// `trained` (or otherwise usable) and has artifacts; else `Conflict`, value unchanged.
+    /// `trained` (or `deployed`) and has artifacts; else `Conflict`, value unchanged.
     async fn promote_model_variable(
         &self,
         pipeline_id: &str,
