@@ -307,6 +307,129 @@ def cmd_sweep():
     print(f"wrote {FIX / 'sweep.json'}: {len(blocks)} blocks, {n_skipped} code points skipped")
 
 
+
+# ---------------------------------------------------------------- images
+def openai_transform(size):
+    """OpenAI CLIP's `_transform(n_px)` (clip/clip.py), written out with torchvision."""
+    from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
+
+    return Compose([
+        Resize(size, interpolation=InterpolationMode.BICUBIC),
+        CenterCrop(size),
+        lambda im: im.convert("RGB"),
+        ToTensor(),
+        Normalize(MEAN, STD),
+    ])
+
+
+def synth(w, h, channels, seed):
+    """Smooth gradients, a sinusoid, hard edges and noise: exercises every resampling tap."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    planes = []
+    for c in range(channels):
+        fx, fy = rng.uniform(0.05, 0.6, 2)
+        v = 127 + 90 * np.sin(fx * x + fy * y + c) + 40 * ((x // 7 + y // 5 + c) % 2) - 20
+        v += rng.normal(0, 12, (h, w))
+        planes.append(v)
+    a = np.stack(planes, -1) if channels > 1 else planes[0]
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+def make_images():
+    """(file name, PIL image, save kwargs) for every case."""
+    import numpy as np
+    from PIL import Image
+
+    cases = []
+    rgb = lambda w, h, s: Image.fromarray(synth(w, h, 3, s), "RGB")
+    for (w, h) in [(64, 48), (24, 40), (96, 96), (50, 31), (33, 90), (48, 48), (49, 48), (47, 61), (32, 33)]:
+        cases.append((f"rgb_{w}x{h}.png", rgb(w, h, w * h), {}))
+    cases.append(("l_40x64.png", Image.fromarray(synth(40, 64, 1, 1), "L"), {}))
+    cases.append(("l_70x30.png", Image.fromarray(synth(70, 30, 1, 2), "L"), {}))
+    cases.append(("p_60x45.png", rgb(60, 45, 3).quantize(37), {}))
+    p_trns = rgb(40, 40, 4).quantize(16)
+    cases.append(("p_trns_40x40.png", p_trns, {"transparency": 3}))
+    cases.append(("p_64x48.gif", rgb(64, 48, 5).quantize(64), {}))
+    cases.append(("p_gray_36x52.gif", Image.fromarray(synth(36, 52, 1, 6), "L").convert("P"), {}))
+    rgba = synth(64, 40, 4, 7)
+    rgba[..., 3] = np.where(rgba[..., 3] < 60, 0, np.where(rgba[..., 3] > 200, 255, rgba[..., 3]))
+    cases.append(("rgba_64x40.png", Image.fromarray(rgba, "RGBA"), {}))
+    cases.append(("rgba_40x64.webp", Image.fromarray(synth(40, 64, 4, 8), "RGBA"), {"lossless": True}))
+    cases.append(("rgb_lossless_56x40.webp", rgb(56, 40, 9), {"lossless": True}))
+    cases.append(("rgb_lossy_64x48.webp", rgb(64, 48, 10), {"quality": 90}))
+    cases.append(("la_50x36.png", Image.fromarray(synth(50, 36, 2, 11), "LA"), {}))
+    i16 = synth(40, 56, 1, 12).astype(np.uint16) * 257
+    i16[:, :20] //= 300  # a band of values below 256, the rest clips to white
+    cases.append(("i16_40x56.png", Image.fromarray(i16), {}))
+    cases.append(("trns_rgb_45x30.png", rgb(45, 30, 13), {"transparency": (10, 20, 30)}))
+    cases.append(("one_45x30.png", Image.fromarray(synth(45, 30, 1, 14)).convert("1"), {}))
+    cases.append(("rgb_q90_64x48.jpg", rgb(64, 48, 15), {"quality": 90}))
+    cases.append(("rgb_444_40x56.jpg", rgb(40, 56, 16), {"quality": 95, "subsampling": 0}))
+    cases.append(("l_48x64.jpg", Image.fromarray(synth(48, 64, 1, 17), "L"), {"quality": 90}))
+    cases.append(("rgb_progressive_50x40.jpg", rgb(50, 40, 21), {"quality": 85, "progressive": True}))
+    cases.append(("cmyk_40x44.jpg", Image.fromarray(synth(40, 44, 4, 22), "CMYK"), {"quality": 92}))
+    cases.append(("rgb_50x40.bmp", rgb(50, 40, 18), {}))
+    cases.append(("p_40x50.bmp", rgb(40, 50, 19).quantize(100), {}))
+    cases.append(("l_36x36.bmp", Image.fromarray(synth(36, 36, 1, 20), "L"), {}))
+    return cases
+
+
+def cmd_images():
+    import numpy as np
+    import open_clip
+    import PIL
+    import torch
+    import torchvision
+    from PIL import Image
+
+    img_dir = FIX / "images"
+    ref_dir = FIX / "references"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    ref_dir.mkdir(parents=True, exist_ok=True)
+    manifest = []
+    for name, im, kw in make_images():
+        path = img_dir / name
+        im.save(path, **kw)
+        opened = Image.open(path)
+        sizes = [32, 48] + ([224] if name in ("rgb_64x48.png", "rgba_64x40.png", "rgb_q90_64x48.jpg",
+                                               "p_60x45.png", "i16_40x56.png") else [])
+        for size in sizes:
+            t = openai_transform(size)(Image.open(path))
+            # open_clip's eval transform must agree with OpenAI's (it is what most users run).
+            oc = open_clip.image_transform(size, is_train=False)(Image.open(path))
+            assert torch.equal(t, oc), f"open_clip and OpenAI transforms differ on {name}"
+            stem = f"{Path(name).stem}_{Path(name).suffix[1:]}_{size}"
+            if size == 224:
+                # Keep fixtures small: the uint8 RGB crop ToTensor receives (normalisation is
+                # checked element-wise in f32 at the small sizes).
+                from torchvision.transforms import CenterCrop, InterpolationMode, Resize
+                rgb = CenterCrop(size)(Resize(size, interpolation=InterpolationMode.BICUBIC)(
+                    Image.open(path))).convert("RGB")
+                arr = np.asarray(rgb, dtype=np.uint8)
+                back = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div(255)
+                back = torchvision.transforms.Normalize(MEAN, STD)(back)
+                assert torch.equal(back, t)
+                np.save(ref_dir / f"{stem}.npy", arr)
+                kind = "rgb_u8_hwc"
+            else:
+                np.save(ref_dir / f"{stem}.npy", t.numpy().astype(np.float32))
+                kind = "normalized_f32_chw"
+            manifest.append({"image": f"images/{name}", "mode": opened.mode, "width": opened.width,
+                             "height": opened.height, "size": size, "reference": f"references/{stem}.npy",
+                             "kind": kind})
+    doc = {
+        "generator": "scripts/reference/prep_reference.py images",
+        "pillow": PIL.__version__, "torchvision": torchvision.__version__, "open_clip": open_clip.__version__,
+        "transform": "Resize(S, BICUBIC), CenterCrop(S), convert('RGB'), ToTensor(), Normalize(CLIP mean/std)",
+        "cases": manifest,
+    }
+    (FIX / "images.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
+    print(f"wrote {len(manifest)} references for {len(set(m['image'] for m in manifest))} images")
+
+
 if __name__ == "__main__":
     cmds = {k[4:].replace("_", "-"): v for k, v in globals().items() if k.startswith("cmd_")}
     if len(sys.argv) < 2 or sys.argv[1] not in list(cmds) + ["all"]:

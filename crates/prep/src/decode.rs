@@ -19,6 +19,8 @@ pub(crate) enum Mode {
     Indexed,
     /// 16-bit gray ("I;16"): resized in 16 bits, then clipped (not scaled) to 8 bits.
     I16,
+    /// JPEG CMYK, held as PIL does ("CMYK;I": the inverse of what libjpeg returns).
+    Cmyk,
 }
 
 impl Mode {
@@ -27,7 +29,7 @@ impl Mode {
             Mode::L | Mode::I16 => 1,
             Mode::La => 2,
             Mode::Rgb | Mode::Indexed => 3,
-            Mode::Rgba => 4,
+            Mode::Rgba | Mode::Cmyk => 4,
         }
     }
 }
@@ -45,7 +47,29 @@ pub(crate) struct Decoded {
     pub samples: Samples,
 }
 
-fn corrupt(name: &str, e: impl std::fmt::Display) -> PrepError {
+/// Refuses empty images and images over the pixel limit, before any pixel is decoded.
+pub(crate) fn check_size(name: &str, width: u32, height: u32, max_pixels: u64) -> Result<()> {
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > max_pixels {
+        return Err(PrepError::TooLarge {
+            name: name.to_string(),
+            width,
+            height,
+            pixels,
+            limit: max_pixels,
+        });
+    }
+    if pixels == 0 {
+        return Err(PrepError::Empty {
+            name: name.to_string(),
+            width,
+            height,
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn corrupt(name: &str, e: impl std::fmt::Display) -> PrepError {
     PrepError::Corrupt {
         name: name.to_string(),
         reason: e.to_string(),
@@ -111,25 +135,12 @@ pub(crate) fn decode(bytes: &[u8], name: &str, max_pixels: u64) -> Result<Decode
             })
         }
     };
+    if format == ImageFormat::Jpeg {
+        return crate::jpeg::decode_jpeg(bytes, name, max_pixels);
+    }
     let mut decoder = reader.into_decoder().map_err(|e| corrupt(name, e))?;
     let (width, height) = decoder.dimensions();
-    let pixels = u64::from(width) * u64::from(height);
-    if pixels > max_pixels {
-        return Err(PrepError::TooLarge {
-            name: name.to_string(),
-            width,
-            height,
-            pixels,
-            limit: max_pixels,
-        });
-    }
-    if pixels == 0 {
-        return Err(PrepError::Empty {
-            name: name.to_string(),
-            width,
-            height,
-        });
-    }
+    check_size(name, width, height, max_pixels)?;
     // Belt and braces: the decoders also refuse to allocate more than the limit allows.
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(max_pixels.saturating_mul(16).max(1 << 20));

@@ -13,6 +13,7 @@
 pub mod clean;
 mod decode;
 mod error;
+mod jpeg;
 pub mod npy;
 mod preprocess;
 mod resample;

@@ -233,11 +233,16 @@ fn resize_crop_rgb(img: Decoded, s: usize) -> Vec<u8> {
                         unpremultiply(&mut out, ch);
                         out
                     }
-                    Mode::L | Mode::Rgb | Mode::I16 => bicubic_u8(&v, w, h, ch, new_w, new_h, win),
+                    Mode::L | Mode::Rgb | Mode::Cmyk | Mode::I16 => {
+                        bicubic_u8(&v, w, h, ch, new_w, new_h, win)
+                    }
                 }
             }
         }
     };
+    if mode == Mode::Cmyk {
+        return cropped.chunks_exact(4).flat_map(cmyk_to_rgb).collect();
+    }
     match ch {
         3 => cropped,
         1 => cropped.iter().flat_map(|&v| [v; 3]).collect(),
@@ -247,6 +252,12 @@ fn resize_crop_rgb(img: Decoded, s: usize) -> Vec<u8> {
             .flat_map(|p| [p[0], p[1], p[2]])
             .collect(),
     }
+}
+
+/// Pillow's `cmyk2rgb`: `255 - k` scaled by each ink's complement.
+fn cmyk_to_rgb(p: &[u8]) -> [u8; 3] {
+    let nk = 255 - p[3];
+    [0, 1, 2].map(|c| nk.saturating_sub(muldiv255(p[c], nk)))
 }
 
 fn crop<T: Copy>(v: &[T], w: usize, ch: usize, win: Window) -> Vec<T> {

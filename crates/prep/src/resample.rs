@@ -92,70 +92,84 @@ pub(crate) struct Window {
     pub h: usize,
 }
 
-/// Bicubic resize of interleaved 8-bit samples (`ch` channels) from `in_w x in_h` to
-/// `out_w x out_h`, returning only `win`: Pillow's horizontal pass, 8-bit rounding, then its
-/// vertical pass. A pass whose size does not change is skipped, as in Pillow.
-pub(crate) fn bicubic_u8(
+/// Pillow 13's pass order: vertical first only when the height shrinks by more than twice
+/// as many pixels as the width does (Pillow 12 and older always went horizontal first).
+pub(crate) fn horizontal_first(in_w: usize, in_h: usize, out_w: usize, out_h: usize) -> bool {
+    let dh = in_h as i64 - out_h as i64;
+    let dw = in_w as i64 - out_w as i64;
+    !(dh > 0 && dh > dw * 2)
+}
+
+/// Coefficients in Pillow's 8-bit fixed point.
+struct Fixed {
+    c: Coeffs,
+    k: Vec<i32>,
+}
+
+impl Fixed {
+    fn new(in_size: usize, out_size: usize) -> Fixed {
+        let c = coeffs(in_size, out_size);
+        let k = fixed(&c.k);
+        Fixed { c, k }
+    }
+    fn taps(&self, o: usize) -> (usize, &[i32]) {
+        let at = o * self.c.ksize;
+        (self.c.start[o], &self.k[at..at + self.c.len[o]])
+    }
+    /// Input range read by outputs `o0..o0 + n`.
+    fn span(&self, o0: usize, n: usize) -> (usize, usize) {
+        let end = (o0..o0 + n)
+            .map(|o| self.c.start[o] + self.c.len[o])
+            .max()
+            .unwrap_or(0);
+        (self.c.start[o0].min(end), end)
+    }
+}
+
+/// Horizontal pass: rows `rows` of `src` (`src_w` pixels wide), output columns `cols`, whose
+/// kernel positions are relative to source column `col_off`.
+fn hpass(
     src: &[u8],
-    in_w: usize,
-    in_h: usize,
+    src_w: usize,
     ch: usize,
-    out_w: usize,
-    out_h: usize,
-    win: Window,
+    rows: (usize, usize),
+    cols: (usize, usize),
+    f: &Fixed,
+    col_off: usize,
 ) -> Vec<u8> {
-    let need_h = out_w != in_w;
-    let need_v = out_h != in_h;
-    let vc = need_v.then(|| coeffs(in_h, out_h));
-    // Input rows the window's vertical kernels read.
-    let (row0, row1) = match &vc {
-        Some(vc) => (
-            vc.start[win.y0],
-            (win.y0..win.y0 + win.h)
-                .map(|y| vc.start[y] + vc.len[y])
-                .max()
-                .unwrap_or(0),
-        ),
-        None => (win.y0, win.y0 + win.h),
-    };
-    // Horizontal pass over those rows, window columns only.
-    let rows = row1 - row0;
-    let tmp: Vec<u8> = if need_h {
-        let hc = coeffs(in_w, out_w);
-        let kk = fixed(&hc.k);
-        let mut tmp = vec![0u8; rows * win.w * ch];
-        for (r, out_row) in tmp.chunks_exact_mut(win.w * ch).enumerate() {
-            let line = &src[(row0 + r) * in_w * ch..(row0 + r + 1) * in_w * ch];
-            for (i, out_px) in out_row.chunks_exact_mut(ch).enumerate() {
-                let xx = win.x0 + i;
-                let k = &kk[xx * hc.ksize..xx * hc.ksize + hc.len[xx]];
-                let px = &line[hc.start[xx] * ch..(hc.start[xx] + k.len()) * ch];
-                horizontal_px(px, k, out_px);
-            }
+    let n = cols.1 - cols.0;
+    let mut out = vec![0u8; (rows.1 - rows.0) * n * ch];
+    for (r, out_row) in out.chunks_exact_mut(n * ch).enumerate() {
+        let line = &src[(rows.0 + r) * src_w * ch..(rows.0 + r + 1) * src_w * ch];
+        for (i, out_px) in out_row.chunks_exact_mut(ch).enumerate() {
+            let (start, k) = f.taps(cols.0 + i);
+            let px = &line[(start - col_off) * ch..(start - col_off + k.len()) * ch];
+            horizontal_px(px, k, out_px);
         }
-        tmp
-    } else {
-        let mut tmp = Vec::with_capacity(rows * win.w * ch);
-        for r in row0..row1 {
-            tmp.extend_from_slice(&src[(r * in_w + win.x0) * ch..(r * in_w + win.x0 + win.w) * ch]);
-        }
-        tmp
-    };
-    let Some(vc) = vc else {
-        return tmp;
-    };
-    // Vertical pass: accumulate whole rows, which vectorises.
-    let kk = fixed(&vc.k);
-    let stride = win.w * ch;
-    let mut out = vec![0u8; win.h * stride];
+    }
+    out
+}
+
+/// Vertical pass: output rows `rows`, source columns `cols` of `src` (`src_w` wide), kernel
+/// positions relative to source row `row_off`. Accumulates whole rows, which vectorises.
+fn vpass(
+    src: &[u8],
+    src_w: usize,
+    ch: usize,
+    cols: (usize, usize),
+    rows: (usize, usize),
+    f: &Fixed,
+    row_off: usize,
+) -> Vec<u8> {
+    let stride = (cols.1 - cols.0) * ch;
+    let mut out = vec![0u8; (rows.1 - rows.0) * stride];
     let mut acc = vec![0i32; stride];
-    for (yy, out_row) in out.chunks_exact_mut(stride).enumerate() {
-        let y = win.y0 + yy;
-        let k = &kk[y * vc.ksize..y * vc.ksize + vc.len[y]];
+    for (i, out_row) in out.chunks_exact_mut(stride.max(1)).enumerate() {
+        let (start, k) = f.taps(rows.0 + i);
         acc.fill(1 << (PRECISION_BITS - 1));
         for (t, &w) in k.iter().enumerate() {
-            let r = vc.start[y] + t - row0;
-            let line = &tmp[r * stride..(r + 1) * stride];
+            let r = start + t - row_off;
+            let line = &src[(r * src_w + cols.0) * ch..(r * src_w + cols.0) * ch + stride];
             for (a, &p) in acc.iter_mut().zip(line) {
                 *a += i32::from(p) * w;
             }
@@ -165,6 +179,60 @@ pub(crate) fn bicubic_u8(
         }
     }
     out
+}
+
+fn block<T: Copy>(
+    src: &[T],
+    src_w: usize,
+    ch: usize,
+    cols: (usize, usize),
+    rows: (usize, usize),
+) -> Vec<T> {
+    let mut out = Vec::with_capacity((rows.1 - rows.0) * (cols.1 - cols.0) * ch);
+    for r in rows.0..rows.1 {
+        out.extend_from_slice(&src[(r * src_w + cols.0) * ch..(r * src_w + cols.1) * ch]);
+    }
+    out
+}
+
+/// Bicubic resize of interleaved 8-bit samples (`ch` channels) from `in_w x in_h` to
+/// `out_w x out_h`, returning only `win`: Pillow's two passes in Pillow's order, with its
+/// 8-bit rounding in between. A pass whose size does not change is skipped, as in Pillow.
+pub(crate) fn bicubic_u8(
+    src: &[u8],
+    in_w: usize,
+    in_h: usize,
+    ch: usize,
+    out_w: usize,
+    out_h: usize,
+    win: Window,
+) -> Vec<u8> {
+    let hf = (out_w != in_w).then(|| Fixed::new(in_w, out_w));
+    let vf = (out_h != in_h).then(|| Fixed::new(in_h, out_h));
+    let wcols = (win.x0, win.x0 + win.w);
+    let wrows = (win.y0, win.y0 + win.h);
+    // Source columns / rows the window's kernels read.
+    let xspan = hf.as_ref().map_or(wcols, |f| f.span(win.x0, win.w));
+    let yspan = vf.as_ref().map_or(wrows, |f| f.span(win.y0, win.h));
+    if horizontal_first(in_w, in_h, out_w, out_h) {
+        let t = match &hf {
+            Some(f) => hpass(src, in_w, ch, yspan, wcols, f, 0),
+            None => block(src, in_w, ch, wcols, yspan),
+        };
+        match &vf {
+            Some(f) => vpass(&t, win.w, ch, (0, win.w), wrows, f, yspan.0),
+            None => t,
+        }
+    } else {
+        let t = match &vf {
+            Some(f) => vpass(src, in_w, ch, xspan, wrows, f, 0),
+            None => block(src, in_w, ch, xspan, wrows),
+        };
+        match &hf {
+            Some(f) => hpass(&t, xspan.1 - xspan.0, ch, (0, win.h), wcols, f, xspan.0),
+            None => t,
+        }
+    }
 }
 
 #[inline]
@@ -195,7 +263,8 @@ fn horizontal_px(px: &[u8], k: &[i32], out: &mut [u8]) {
 }
 
 /// Pillow's 16-bit ("I;16") bicubic resize: double accumulation, rounding half away from
-/// zero, clamping to 0..65535 after each pass.
+/// zero and clamping to 0..65535 after each pass, passes in Pillow's order. Rare, so it
+/// resizes the whole image and crops afterwards.
 pub(crate) fn bicubic_u16(
     src: &[u16],
     in_w: usize,
@@ -204,50 +273,67 @@ pub(crate) fn bicubic_u16(
     out_h: usize,
     win: Window,
 ) -> Vec<u16> {
-    let round16 = |ss: f64| {
+    fn round16(ss: f64) -> u16 {
         let v = if ss >= 0.0 {
             (ss + 0.5) as i64
         } else {
             (ss - 0.5) as i64
         };
         v.clamp(0, 65535) as u16
-    };
-    let (hc, vc) = (
-        (out_w != in_w).then(|| coeffs(in_w, out_w)),
-        (out_h != in_h).then(|| coeffs(in_h, out_h)),
-    );
-    let col = |row: &[u16], xx: usize| -> u16 {
-        match &hc {
-            Some(hc) => {
-                let k = &hc.k[xx * hc.ksize..xx * hc.ksize + hc.len[xx]];
+    }
+    // One pass along rows (`horizontal`) or columns, on a `w x h` image.
+    fn pass(src: &[u16], w: usize, h: usize, out_n: usize, horizontal: bool) -> Vec<u16> {
+        let (n_in, lines) = if horizontal { (w, h) } else { (h, w) };
+        let c = coeffs(n_in, out_n);
+        let (ow, oh) = if horizontal { (out_n, h) } else { (w, out_n) };
+        let mut out = vec![0u16; ow * oh];
+        for line in 0..lines {
+            for o in 0..out_n {
+                let k = &c.k[o * c.ksize..o * c.ksize + c.len[o]];
                 let mut ss = 0.0;
-                for (t, &w) in k.iter().enumerate() {
-                    ss += f64::from(row[hc.start[xx] + t]) * w;
+                for (t, &wt) in k.iter().enumerate() {
+                    let i = c.start[o] + t;
+                    let v = if horizontal {
+                        src[line * w + i]
+                    } else {
+                        src[i * w + line]
+                    };
+                    ss += f64::from(v) * wt;
                 }
-                round16(ss)
+                let at = if horizontal {
+                    line * ow + o
+                } else {
+                    o * ow + line
+                };
+                out[at] = round16(ss);
             }
-            None => row[xx],
         }
+        out
+    }
+    let (need_h, need_v) = (out_w != in_w, out_h != in_h);
+    let mut img = src.to_vec();
+    let (mut w, mut h) = (in_w, in_h);
+    let order = if horizontal_first(in_w, in_h, out_w, out_h) {
+        [true, false]
+    } else {
+        [false, true]
     };
-    let mut out = Vec::with_capacity(win.w * win.h);
-    for yy in win.y0..win.y0 + win.h {
-        for xx in win.x0..win.x0 + win.w {
-            let v = match &vc {
-                Some(vc) => {
-                    let k = &vc.k[yy * vc.ksize..yy * vc.ksize + vc.len[yy]];
-                    let mut ss = 0.0;
-                    for (t, &w) in k.iter().enumerate() {
-                        let y = vc.start[yy] + t;
-                        ss += f64::from(col(&src[y * in_w..(y + 1) * in_w], xx)) * w;
-                    }
-                    round16(ss)
-                }
-                None => col(&src[yy * in_w..(yy + 1) * in_w], xx),
-            };
-            out.push(v);
+    for horizontal in order {
+        if horizontal && need_h {
+            img = pass(&img, w, h, out_w, true);
+            w = out_w;
+        } else if !horizontal && need_v {
+            img = pass(&img, w, h, out_h, false);
+            h = out_h;
         }
     }
-    out
+    block(
+        &img,
+        w,
+        1,
+        (win.x0, win.x0 + win.w),
+        (win.y0, win.y0 + win.h),
+    )
 }
 
 /// Pillow's NEAREST resize (`ImagingScaleAffine`): source positions accumulate
@@ -297,6 +383,14 @@ mod tests {
                 assert!(c.start[xx] + c.len[xx] <= i);
             }
         }
+    }
+
+    #[test]
+    fn pillow_13_pass_order() {
+        assert!(horizontal_first(640, 480, 298, 224));
+        assert!(!horizontal_first(33, 90, 32, 87));
+        assert!(!horizontal_first(60, 40, 61, 20));
+        assert!(horizontal_first(24, 40, 32, 53));
     }
 
     #[test]
