@@ -1,0 +1,214 @@
+//! How to reach and authenticate against a Dataloop gate.
+
+use crate::error::{Result, StoreError};
+use std::fmt;
+use std::time::Duration;
+
+/// Dataloop's production gate, with the REST prefix.
+pub const DEFAULT_GATE_URL: &str = "https://gate.dataloop.ai/api/v1";
+
+/// How requests are authenticated.
+#[derive(Clone)]
+pub enum DataloopAuth {
+    /// An API key, sent as the bearer token as is; never refreshed.
+    ApiKey(String),
+    /// Bot (or user) credentials exchanged for a JWT at `<gate host>/token?default`;
+    /// the JWT is refreshed with the refresh token, or by logging in again.
+    Bot { username: String, password: String },
+    /// A JWT obtained elsewhere (e.g. `dlp token`), refreshed when a refresh token is given.
+    Token {
+        token: String,
+        refresh_token: Option<String>,
+    },
+}
+
+// Secrets stay out of logs and panics.
+impl fmt::Debug for DataloopAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ApiKey(_) => f.write_str("ApiKey(<redacted>)"),
+            Self::Bot { username, .. } => f
+                .debug_struct("Bot")
+                .field("username", username)
+                .field("password", &"<redacted>")
+                .finish(),
+            Self::Token { refresh_token, .. } => f
+                .debug_struct("Token")
+                .field("token", &"<redacted>")
+                .field(
+                    "refresh_token",
+                    &refresh_token.as_ref().map(|_| "<redacted>"),
+                )
+                .finish(),
+        }
+    }
+}
+
+/// Everything [`super::DataloopBackend`] needs; [`DataloopConfig::new`] fills sensible defaults.
+#[derive(Debug, Clone)]
+pub struct DataloopConfig {
+    /// REST base URL including `/api/v1`; the token endpoint lives on the same host without it.
+    pub gate_url: String,
+    /// Every dataset, model, pipeline and feature set is looked up and created in this project.
+    pub project_id: String,
+    pub auth: DataloopAuth,
+    /// Limit for one JSON request (connect, send, answer).
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Limit for one item upload or download (item bytes, model artifacts).
+    pub transfer_timeout: Duration,
+    /// Retries after the first attempt on 429, 5xx and network failures.
+    pub max_retries: u32,
+    /// First backoff; doubled per retry up to `backoff_max`, with jitter.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// A `Retry-After` longer than this ends the retries instead of stalling the caller.
+    pub retry_after_max: Duration,
+    /// Pause between polls of a model that is still `cloning`.
+    pub poll_interval: Duration,
+    /// Give up on a clone that stays `cloning` longer than this.
+    pub clone_timeout: Duration,
+    /// FaaS service used by `create_execution` when the execution names none.
+    pub service_id: Option<String>,
+    /// The project's system dataset holding model artifacts.
+    pub binaries_dataset: String,
+}
+
+impl DataloopConfig {
+    pub fn new(project_id: impl Into<String>, auth: DataloopAuth) -> Self {
+        Self {
+            gate_url: DEFAULT_GATE_URL.to_string(),
+            project_id: project_id.into(),
+            auth,
+            request_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(10),
+            transfer_timeout: Duration::from_secs(3600),
+            max_retries: 5,
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            retry_after_max: Duration::from_secs(120),
+            poll_interval: Duration::from_secs(2),
+            clone_timeout: Duration::from_secs(900),
+            service_id: None,
+            binaries_dataset: "Binaries".to_string(),
+        }
+    }
+
+    /// Reads `DATALOOP_PROJECT_ID` and one of `DATALOOP_API_KEY`,
+    /// `DATALOOP_BOT_USERNAME` + `DATALOOP_BOT_PASSWORD`, or `DATALOOP_TOKEN`
+    /// (+ optional `DATALOOP_REFRESH_TOKEN`); optional `DATALOOP_GATE_URL` and
+    /// `DATALOOP_SERVICE_ID`.
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
+    }
+
+    /// [`DataloopConfig::from_env`] over any variable source (tests, config files).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let project = get("DATALOOP_PROJECT_ID").ok_or_else(|| {
+            StoreError::invalid("Dataloop configuration", "DATALOOP_PROJECT_ID is not set")
+        })?;
+        let auth = if let Some(key) = get("DATALOOP_API_KEY") {
+            DataloopAuth::ApiKey(key)
+        } else if let Some(username) = get("DATALOOP_BOT_USERNAME") {
+            let password = get("DATALOOP_BOT_PASSWORD").ok_or_else(|| {
+                StoreError::invalid(
+                    "Dataloop configuration",
+                    "DATALOOP_BOT_USERNAME is set but DATALOOP_BOT_PASSWORD is not",
+                )
+            })?;
+            DataloopAuth::Bot { username, password }
+        } else if let Some(token) = get("DATALOOP_TOKEN") {
+            DataloopAuth::Token {
+                token,
+                refresh_token: get("DATALOOP_REFRESH_TOKEN"),
+            }
+        } else {
+            return Err(StoreError::invalid(
+                "Dataloop configuration",
+                "no credentials: set DATALOOP_API_KEY, DATALOOP_BOT_USERNAME and \
+                 DATALOOP_BOT_PASSWORD, or DATALOOP_TOKEN",
+            ));
+        };
+        let mut cfg = Self::new(project, auth);
+        if let Some(url) = get("DATALOOP_GATE_URL") {
+            cfg.gate_url = url;
+        }
+        cfg.service_id = get("DATALOOP_SERVICE_ID");
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(StoreError::invalid("Dataloop configuration", m));
+        if !(self.gate_url.starts_with("https://") || self.gate_url.starts_with("http://")) {
+            return bad(format!(
+                "gate URL {:?} must start with https:// or http://",
+                self.gate_url
+            ));
+        }
+        if self.project_id.trim().is_empty() {
+            return bad("project id is empty".into());
+        }
+        match &self.auth {
+            DataloopAuth::ApiKey(k) if k.trim().is_empty() => bad("API key is empty".into()),
+            DataloopAuth::Bot { username, password }
+                if username.trim().is_empty() || password.is_empty() =>
+            {
+                bad("bot username or password is empty".into())
+            }
+            DataloopAuth::Token { token, .. } if token.trim().is_empty() => {
+                bad("token is empty".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// REST base without a trailing slash.
+    pub(crate) fn base_url(&self) -> String {
+        self.gate_url.trim_end_matches('/').to_string()
+    }
+
+    /// `<gate host>/token?default`: the gate URL without its `/api/v1` suffix.
+    pub(crate) fn token_url(&self) -> String {
+        let base = self.base_url();
+        let host = base.strip_suffix("/api/v1").unwrap_or(&base);
+        format!("{host}/token?default")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_url_drops_api_prefix() {
+        let mut c = DataloopConfig::new("p", DataloopAuth::ApiKey("k".into()));
+        assert_eq!(c.token_url(), "https://gate.dataloop.ai/token?default");
+        c.gate_url = "http://127.0.0.1:9/api/v1/".into();
+        assert_eq!(c.token_url(), "http://127.0.0.1:9/token?default");
+        assert_eq!(c.base_url(), "http://127.0.0.1:9/api/v1");
+    }
+
+    #[test]
+    fn env_needs_project_and_credentials() {
+        let none = DataloopConfig::from_lookup(|_| None).unwrap_err();
+        assert!(none.to_string().contains("DATALOOP_PROJECT_ID"), "{none}");
+        let no_pw = DataloopConfig::from_lookup(|k| match k {
+            "DATALOOP_PROJECT_ID" => Some("p".into()),
+            "DATALOOP_BOT_USERNAME" => Some("bot@x".into()),
+            _ => None,
+        })
+        .unwrap_err();
+        assert!(
+            no_pw.to_string().contains("DATALOOP_BOT_PASSWORD"),
+            "{no_pw}"
+        );
+        let ok = DataloopConfig::from_lookup(|k| match k {
+            "DATALOOP_PROJECT_ID" => Some("p".into()),
+            "DATALOOP_API_KEY" => Some("secret-key".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert!(!format!("{ok:?}").contains("secret-key"));
+    }
+}
