@@ -625,7 +625,7 @@ async fn variables_patch_in_sdk_form_and_promotion_checks_first() {
         .await
         .unwrap_err();
     assert!(
-        matches!(e, StoreError::Conflict(ref m) if m.contains("no artifacts")),
+        matches!(e, StoreError::Conflict(ref m) if m.contains("no stored artifacts")),
         "{e:?}"
     );
     assert_eq!(gate.calls_to("PATCH", "/variables").len(), patches);

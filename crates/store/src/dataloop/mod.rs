@@ -34,6 +34,8 @@ const IN_CHUNK: usize = 200;
 const VECTOR_CHUNK: usize = 500;
 /// Guard against a gate that never stops saying `hasNextPage`.
 const MAX_PAGES: u32 = 100_000;
+/// Fewest candidates fetched for a nearest-neighbour query before re-ranking by cosine.
+const CANDIDATE_POOL_MIN: usize = 64;
 /// Where a model's checkpoint files live in the project's Binaries dataset.
 const ARTIFACTS_ROOT: &str = "/artifacts/models";
 
@@ -1250,7 +1252,7 @@ impl Platform for DataloopBackend {
         }
         if w.artifacts.is_empty() {
             return Err(StoreError::Conflict(format!(
-                "model {model_id} ({}) has no artifacts: {variable:?} keeps its value",
+                "model {model_id} ({}) has no stored artifacts: {variable:?} keeps its value",
                 w.model.name
             )));
         }
@@ -1290,11 +1292,23 @@ impl Platform for DataloopBackend {
         } else {
             execution.input
         };
-        let body = json!({
+        let mut body = json!({
             "projectId": self.project(),
             "functionName": execution.function_name,
             "input": input,
         });
+        // Only for executions cliptune runs on behalf of a pipeline node; on Dataloop the
+        // platform itself creates pipeline executions (whether it accepts this is unconfirmed).
+        if let Some(p) = &execution.pipeline {
+            let mut pj = json!({"id": p.id});
+            if let Some(n) = &p.node_id {
+                pj["nodeId"] = json!(n);
+            }
+            if let Some(e) = &p.execution_id {
+                pj["executionId"] = json!(e);
+            }
+            body["pipeline"] = pj;
+        }
         let path = format!("/executions/{}", seg(&service));
         wire::execution(
             self.gate
@@ -1376,14 +1390,16 @@ impl Platform for DataloopBackend {
         let current = self.get_execution(id).await?;
         if current.status.is_terminal() {
             return Err(StoreError::Conflict(format!(
-                "execution {id} is already {}",
+                "execution {id} already finished ({})",
                 current.status.as_str()
             )));
         }
         let mut body = Map::new();
-        if let Some(s) = progress.status {
-            body.insert("status".into(), json!(s.as_str()));
-        }
+        // Without a status the SDK reports "inProgress" (a progress report means it runs).
+        let status = progress
+            .status
+            .map_or("inProgress", ExecutionStatus::as_str);
+        body.insert("status".into(), json!(status));
         if let Some(p) = progress.percent_complete {
             body.insert("percentComplete".into(), json!(p));
         }
@@ -1413,7 +1429,7 @@ impl Platform for DataloopBackend {
         let current = self.get_execution(id).await?;
         if current.status.is_terminal() {
             return Err(StoreError::Conflict(format!(
-                "execution {id} is already {}",
+                "execution {id} already finished ({})",
                 current.status.as_str()
             )));
         }
@@ -1551,6 +1567,20 @@ impl Platform for DataloopBackend {
         if order.is_empty() {
             return Ok(UpsertSummary::default());
         }
+        let off_unit = latest
+            .values()
+            .filter(|v| {
+                let n: f32 = v.value.iter().map(|x| x * x).sum::<f32>().sqrt();
+                (n - 1.0).abs() > 1e-3
+            })
+            .count();
+        if off_unit > 0 {
+            tracing::warn!(
+                "{off_unit} vectors for feature set {} are not unit length: Dataloop ranks by \
+                 euclidean distance, so nearest() is exact only within its candidate pool",
+                fs.id
+            );
+        }
         let ids: Vec<Id> = order.iter().map(|s| s.to_string()).collect();
         let old = self.vectors_of_entities(&fs.id, &ids).await?;
         let had: HashSet<&str> = old.iter().map(|v| v.entity_id.as_str()).collect();
@@ -1636,9 +1666,16 @@ impl Platform for DataloopBackend {
             .ok_or_else(|| StoreError::not_found("vector", entity_id))
     }
 
-    /// Dataloop ranks by euclidean distance (`$euclid`); for L2-normalised vectors that is
-    /// the cosine order. Scores are cosine similarities computed from the returned vectors.
+    /// Dataloop ranks by euclidean distance (`$euclid`); for L2-normalised vectors (what the
+    /// embed node writes) that is the cosine order. A pool of at least 4k candidates is
+    /// re-ranked by cosine similarity computed from the returned vectors, which are the scores.
     async fn nearest(&self, feature_set_id: &str, query: &NearestQuery) -> Result<Vec<Neighbor>> {
+        if query.k == 0 || query.k > 10_000 {
+            return Err(StoreError::invalid(
+                "k",
+                format!("{} is not in 1..=10000", query.k),
+            ));
+        }
         let fs = self.get_feature_set(feature_set_id).await?;
         if query.vector.len() != fs.size as usize {
             return Err(StoreError::invalid(
@@ -1669,23 +1706,21 @@ impl Platform for DataloopBackend {
                 "a filter needs a dataset id",
             ));
         }
-        if query.k == 0 {
-            return Ok(vec![]);
-        }
         let unit: Vec<f32> = query
             .vector
             .iter()
             .map(|x| (f64::from(*x) / norm) as f32)
             .collect();
         let euclid = json!({"$euclid": {"input": unit, "$euclidSort": {"eu_dist": "ascending"}}});
-        let page_size = (query.k as u32).clamp(1, PAGE_SIZE);
+        // Euclidean order equals cosine order only for unit-length stored vectors; a wider
+        // pool re-ranked by cosine here keeps small or nearly-normalised sets exact.
+        let pool = (query.k * 4).clamp(CANDIDATE_POOL_MIN, 10_000);
+        let page_size = (pool as u32).clamp(1, PAGE_SIZE);
         let mut candidates: Vec<FeatureVector> = Vec::new();
         if let Some(ds) = &query.dataset_id {
             let ds_seg = id_seg("dataset", ds)?;
-            let filter = query
-                .filter
-                .clone()
-                .unwrap_or_else(crate::dql::default_filter);
+            // No filter means every item of the dataset (hidden ones too), as in the embedded store.
+            let filter = query.filter.clone().unwrap_or_else(|| json!({}));
             let mut extra = Map::new();
             extra.insert(
                 "join".into(),
@@ -1696,7 +1731,7 @@ impl Platform for DataloopBackend {
             );
             let mut entity_ids: Vec<Id> = Vec::new();
             let mut page = 0;
-            while entity_ids.len() < query.k {
+            while entity_ids.len() < pool {
                 let p = self
                     .query_page(
                         &format!("/datasets/{ds_seg}/query"),
@@ -1719,12 +1754,12 @@ impl Platform for DataloopBackend {
                 }
                 page += 1;
             }
-            entity_ids.truncate(query.k);
+            entity_ids.truncate(pool);
             candidates = self.vectors_of_entities(&fs.id, &entity_ids).await?;
         } else {
             let filter = json!({"featureSetId": fs.id, "value": euclid});
             let mut page = 0;
-            while candidates.len() < query.k {
+            while candidates.len() < pool {
                 let p = self
                     .query_page(
                         "/features/vectors/query",

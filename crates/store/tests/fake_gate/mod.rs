@@ -165,7 +165,7 @@ impl FakeGate {
         st.service_id = svc.clone();
         st.services.insert(
             svc.clone(),
-            json!({"id": svc, "name": "cliptune-worker", "projectId": pid}),
+            json!({"id": svc, "name": "cliptune", "projectId": pid}),
         );
         let (project_id, api_key, service_id) = (
             st.project_id.clone(),
@@ -1740,9 +1740,22 @@ fn create_execution(st: &mut GateState, service: &str, v: Value) -> R {
     let m = shape(
         &v,
         what,
-        &["projectId", "functionName", "input"],
+        &["projectId", "functionName", "input", "pipeline"],
         &["projectId", "functionName"],
     )?;
+    if let Some(p) = m.get("pipeline") {
+        let pm = shape(
+            p,
+            "execution pipeline",
+            &["id", "nodeId", "executionId"],
+            &["id"],
+        )?;
+        for v in pm.values() {
+            if !v.is_string() {
+                return Err(bad("execution pipeline: ids must be strings"));
+            }
+        }
+    }
     check_project(st, &m, "projectId", what)?;
     nonempty_str(&m, "functionName", what)?;
     opt_obj(&m, "input", what)?;
@@ -1753,6 +1766,10 @@ fn create_execution(st: &mut GateState, service: &str, v: Value) -> R {
         "functionName": m["functionName"], "input": m.get("input").cloned().unwrap_or(json!({})),
         "output": null, "status": "created", "latestStatus": status, "statusLog": [status],
         "createdAt": t, "updatedAt": t});
+    let mut e = e;
+    if let Some(p) = m.get("pipeline") {
+        e["pipeline"] = p.clone();
+    }
     st.executions.insert(id, e.clone());
     Ok(ok(e))
 }
