@@ -3,8 +3,11 @@
 //! Each command group lives in its own module; `main` only parses and dispatches.
 //! Exit codes: 0 success, 1 failure, 2 usage error (clap).
 
+mod datasets;
+mod items;
 mod models;
 mod output;
+mod variables;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -31,6 +34,15 @@ enum Command {
     /// Inspect, import and create models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Import, list and show datasets of captioned images.
+    #[command(subcommand)]
+    Datasets(datasets::DatasetsCommand),
+    /// List the items of a dataset (with DQL filters).
+    #[command(subcommand)]
+    Items(items::ItemsCommand),
+    /// Read and set pipeline variables.
+    #[command(subcommand)]
+    Variables(variables::VariablesCommand),
 }
 
 /// What every command gets besides its own arguments.
@@ -61,6 +73,9 @@ fn main() {
     };
     let result = match cli.command {
         Command::Models(cmd) => models::run(&ctx, cmd),
+        Command::Datasets(cmd) => datasets::run(&ctx, cmd),
+        Command::Items(cmd) => items::run(&ctx, cmd),
+        Command::Variables(cmd) => variables::run(&ctx, cmd),
     };
     if let Err(err) = result {
         output::fail(&ctx, &err);
