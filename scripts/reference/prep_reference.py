@@ -308,6 +308,55 @@ def cmd_sweep():
 
 
 
+# ---------------------------------------------------------------- e2e
+E2E_IMAGES = ["rgb_64x48.png", "rgb_q90_64x48.jpg", "rgba_64x40.png", "p_64x48.gif", "l_40x64.png",
+              "i16_40x56.png", "cmyk_40x44.jpg", "rgb_33x90.png", "rgb_lossy_64x48.webp"]
+
+
+def tiny_vocab(ids):
+    """hf-tiny has a 1,000-token vocabulary (bos 998, eos 999): CLIP ids are folded into it the
+    same way on both sides, so the text tower still sees the real tokenizer's sequence."""
+    out = []
+    for i in ids:
+        out.append(0 if i == 0 else 998 if i == 49406 else 999 if i == 49407 else 1 + i % 997)
+    return out
+
+
+def cmd_e2e():
+    import numpy as np
+    import open_clip
+    import torch
+    from PIL import Image
+    from transformers import CLIPModel
+
+    ckpt = ROOT / "tests" / "fixtures" / "clip" / "hf-tiny"
+    model = CLIPModel.from_pretrained(ckpt).eval()
+    size = model.config.vision_config.image_size
+    texts = gen_corpus()[:: 97][:24]
+    ids = open_clip.tokenize(texts)
+    folded = torch.tensor([tiny_vocab(r) for r in ids.tolist()])
+    pixels = torch.stack([openai_transform(size)(Image.open(FIX / "images" / n)) for n in E2E_IMAGES])
+    with torch.no_grad():
+        tf = model.get_text_features(input_ids=folded)
+        imf = model.get_image_features(pixel_values=pixels)
+    tf = getattr(tf, "pooler_output", tf)
+    imf = getattr(imf, "pooler_output", imf)
+    doc = {
+        "generator": "scripts/reference/prep_reference.py e2e",
+        "checkpoint": "tests/fixtures/clip/hf-tiny (transformers CLIPModel)",
+        "note": "ids from open_clip.tokenize, folded into the 1,000-token vocabulary: 0 -> 0, "
+                "49406 -> 998, 49407 -> 999, other i -> 1 + i % 997; images through OpenAI's transform",
+        "image_size": size,
+        "texts": texts,
+        "text_features": tf.float().tolist(),
+        "images": [f"images/{n}" for n in E2E_IMAGES],
+        "image_features": imf.float().tolist(),
+    }
+    (FIX / "e2e.json").write_text(json.dumps(doc), encoding="utf-8")
+    print(f"wrote {FIX / 'e2e.json'}: {len(texts)} texts, {len(E2E_IMAGES)} images at {size}px")
+
+
+
 # ---------------------------------------------------------------- images
 def openai_transform(size):
     """OpenAI CLIP's `_transform(n_px)` (clip/clip.py), written out with torchvision."""

@@ -4,9 +4,12 @@
 //! Exit codes: 0 success, 1 failure, 2 usage error (clap).
 
 mod datasets;
+mod embed;
 mod items;
 mod models;
 mod output;
+mod preprocess;
+mod tokenize;
 mod variables;
 
 use clap::{Parser, Subcommand};
@@ -43,6 +46,18 @@ enum Command {
     /// Read and set pipeline variables.
     #[command(subcommand)]
     Variables(variables::VariablesCommand),
+    /// Print CLIP token ids of texts (open_clip's tokenizer).
+    ///
+    /// Example: cliptune tokenize "a photo of a cat" --json; or: cliptune tokenize - < captions.txt
+    Tokenize(tokenize::TokenizeArgs),
+    /// Write the preprocessed tensor of an image to .npy.
+    ///
+    /// Example: cliptune preprocess --image cat.jpg --size 224 --out cat.npy
+    Preprocess(preprocess::PreprocessArgs),
+    /// Print text and image embeddings.
+    ///
+    /// Example: cliptune embed --model ./clip-vit-base-patch32 --text "a cat" --image cat.jpg --json
+    Embed(embed::EmbedArgs),
 }
 
 /// What every command gets besides its own arguments.
@@ -76,6 +91,9 @@ fn main() {
         Command::Datasets(cmd) => datasets::run(&ctx, cmd),
         Command::Items(cmd) => items::run(&ctx, cmd),
         Command::Variables(cmd) => variables::run(&ctx, cmd),
+        Command::Tokenize(args) => tokenize::run(&ctx, args),
+        Command::Preprocess(args) => preprocess::run(&ctx, args),
+        Command::Embed(args) => embed::run(&ctx, args),
     };
     if let Err(err) = result {
         output::fail(&ctx, &err);

@@ -4,7 +4,7 @@
 /// file (or whatever name the caller gave the bytes) so that a batch failure is traceable.
 #[derive(Debug, thiserror::Error)]
 pub enum PrepError {
-    #[error("{name}: cannot read: {source}")]
+    #[error("{name}: cannot read")]
     Io {
         name: String,
         #[source]
