@@ -32,7 +32,7 @@ fn has_end_marker(b: &[u8]) -> bool {
                     // Entropy-coded data runs to the next marker other than a stuffed 0xFF00
                     // or a restart marker.
                     while i + 1 < b.len()
-                        && !(b[i] == 0xFF && !matches!(b[i + 1], 0x00 | 0xD0..=0xD7 | 0xFF))
+                        && (b[i] != 0xFF || matches!(b[i + 1], 0x00 | 0xD0..=0xD7 | 0xFF))
                     {
                         i += 1;
                     }

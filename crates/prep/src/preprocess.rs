@@ -16,6 +16,8 @@ use std::path::Path;
 /// CLIP's normalisation mean (RGB).
 pub const MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// CLIP's normalisation standard deviation (RGB).
+// The literals of the Python reference, rounded to f32 as `Normalize` does.
+#[allow(clippy::excessive_precision)]
 pub const STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 /// Default pixel limit: PIL's `Image.MAX_IMAGE_PIXELS` (about 89.5 megapixels).
 pub const DEFAULT_MAX_PIXELS: u64 = 1024 * 1024 * 1024 / 4 / 3;
@@ -97,7 +99,7 @@ impl Preprocessor {
     }
 
     /// Number of `f32` values per image: `3 * S * S`.
-    pub fn len(&self) -> usize {
+    pub fn tensor_len(&self) -> usize {
         3 * self.image_size as usize * self.image_size as usize
     }
 
@@ -120,18 +122,18 @@ impl Preprocessor {
     /// The normalised `3 x S x S` tensor (CHW, row-major) for an encoded image.
     /// `name` is used in error messages (usually the file name).
     pub fn from_bytes(&self, bytes: &[u8], name: &str) -> Result<Vec<f32>> {
-        let mut out = vec![0f32; self.len()];
+        let mut out = vec![0f32; self.tensor_len()];
         self.from_bytes_into(bytes, name, &mut out)?;
         Ok(out)
     }
 
     /// As [`Preprocessor::from_bytes`], writing into `out` (`3 * S * S` values).
     pub fn from_bytes_into(&self, bytes: &[u8], name: &str, out: &mut [f32]) -> Result<()> {
-        if out.len() != self.len() {
+        if out.len() != self.tensor_len() {
             return Err(PrepError::Config(format!(
                 "output buffer holds {} values, need {}",
                 out.len(),
-                self.len()
+                self.tensor_len()
             )));
         }
         let rgb = self.rgb_from_bytes(bytes, name)?;
@@ -161,7 +163,7 @@ impl Preprocessor {
     /// A batch as one row-major `[n, 3, S, S]` buffer, processed in parallel; fails with the
     /// first bad file's error (in input order).
     pub fn batch_from_paths<P: AsRef<Path> + Sync>(&self, paths: &[P]) -> Result<Vec<f32>> {
-        let n = self.len();
+        let n = self.tensor_len();
         let mut out = vec![0f32; paths.len() * n];
         let results: Vec<Result<()>> = out
             .par_chunks_mut(n.max(1))
@@ -185,7 +187,7 @@ impl Preprocessor {
         &self,
         images: &[(N, B)],
     ) -> Result<Vec<f32>> {
-        let n = self.len();
+        let n = self.tensor_len();
         let mut out = vec![0f32; images.len() * n];
         let results: Vec<Result<()>> = out
             .par_chunks_mut(n.max(1))
