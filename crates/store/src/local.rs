@@ -260,7 +260,9 @@ pub(crate) fn upsert_item_tx(
         Value::from(staged.blob.size),
     );
     let metadata_text = to_json_text(&metadata);
-    let existing: Option<(String, Option<String>, Option<String>, String, bool)> = conn
+    // (id, blob, description, metadata, hidden) of the item already at this filename.
+    type Existing = (String, Option<String>, Option<String>, String, bool);
+    let existing: Option<Existing> = conn
         .query_row(
             "SELECT id, blob, description, metadata, hidden FROM items WHERE dataset_id = ?1 AND filename = ?2",
             params![dataset_id, filename],

@@ -210,7 +210,7 @@ pub fn to_blob(v: &[f32]) -> Vec<u8> {
 }
 
 pub fn from_blob(b: &[u8]) -> Result<Vec<f32>> {
-    if b.len() % 4 != 0 {
+    if !b.chunks_exact(4).remainder().is_empty() {
         return Err(StoreError::Corrupt(format!(
             "vector blob of {} bytes is not a whole number of f32",
             b.len()
@@ -317,7 +317,7 @@ mod tests {
             m.set(&format!("e{i}"), if i % 2 == 0 { "a" } else { "b" }, r);
         }
         let q: Vec<f32> = (0..dim).map(|_| rnd()).collect();
-        let keep = |r: usize| r % 3 != 0;
+        let keep = |r: usize| !matches!(r % 3, 0);
         let got = m.top_k(&q, 10, &keep);
         let qn = dot(&q, &q).sqrt();
         let mut want: Vec<(usize, f32)> = rows
