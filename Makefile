@@ -4,7 +4,7 @@
 CUDA ?= 0
 CARGO ?= cargo
 
-.PHONY: setup build run test bench-forward fixtures check-tools
+.PHONY: setup build run test bench-forward bench-preprocess fixtures check-tools
 
 check-tools:
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
@@ -33,3 +33,8 @@ bench-forward: setup
 ## Regenerate the parity fixtures with the Python reference implementations.
 fixtures:
 	$$(scripts/refvenv.sh) scripts/reference/clip_reference.py tests/fixtures/clip
+	$$(scripts/refvenv.sh) scripts/reference/prep_reference.py all
+
+## Image preprocessing throughput vs PIL + torchvision, and tokenizer speed (needs the Python reference venv).
+bench-preprocess:
+	scripts/bench-preprocess.sh
