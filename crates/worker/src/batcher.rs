@@ -1,0 +1,428 @@
+//! Dynamic batching of online embedding (`POST /embed`, `POST /search`).
+//!
+//! A request is a list of inputs (a tokenized text or a preprocessed image). One loop forms
+//! device batches from the queued inputs, first come first served, for the model of the
+//! oldest request, until the token budget is full: a text costs its tokens, an image its
+//! patches, which is what the transformer's work grows with. While the device runs one
+//! batch, new requests queue up, so batches grow with the load on their own: a lone request
+//! runs at once with no added wait, and many concurrent requests share few large batches.
+//! A request is answered when its last input is done.
+//!
+//! Admission is bounded ([`Batcher::admit`]): past `max_inflight` requests a new one fails
+//! at once (HTTP 429) rather than waiting in a queue that only grows.
+
+use crate::device::{DeviceCtx, DeviceHandle};
+use crate::error::{Result, WorkerError};
+use cliptune_clip::{Clip, ClipConfig};
+use cliptune_train::codec::Codec;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+
+/// Limits of online embedding.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct OnlineConfig {
+    /// Most tokens (text tokens plus image patches) in one device batch.
+    pub token_budget: usize,
+    /// Most online requests (embed and search) admitted at once; more answer 429.
+    pub max_inflight: usize,
+}
+
+impl Default for OnlineConfig {
+    fn default() -> Self {
+        Self {
+            // 4096 is 83 ViT-B/32 images (49 patches) or a few hundred short texts: large
+            // enough to use the device well, small enough to keep one batch under ~1 s on CPU.
+            token_budget: 4096,
+            max_inflight: 128,
+        }
+    }
+}
+
+impl OnlineConfig {
+    /// The defaults, overridden by `CLIPTUNE_EMBED_TOKEN_BUDGET` and `CLIPTUNE_MAX_INFLIGHT`.
+    pub fn from_env() -> Result<Self> {
+        let mut c = Self::default();
+        let read = |name: &str| -> Result<Option<usize>> {
+            match std::env::var(name) {
+                Err(_) => Ok(None),
+                Ok(v) => match v.trim().parse::<usize>() {
+                    Ok(n) if n > 0 => Ok(Some(n)),
+                    _ => Err(WorkerError::input(name, format!("{v:?} is not a positive integer"))),
+                },
+            }
+        };
+        if let Some(n) = read("CLIPTUNE_EMBED_TOKEN_BUDGET")? {
+            c.token_budget = n;
+        }
+        if let Some(n) = read("CLIPTUNE_MAX_INFLIGHT")? {
+            c.max_inflight = n;
+        }
+        Ok(c)
+    }
+}
+
+/// A model ready for online inference: its local checkpoint and what preprocessing needs.
+pub struct OnlineModel {
+    pub id: String,
+    pub name: String,
+    /// Native checkpoint directory (the device thread caches the loaded model by this path).
+    pub dir: PathBuf,
+    pub config: ClipConfig,
+    codec: Codec,
+}
+
+impl OnlineModel {
+    pub fn new(id: String, name: String, dir: PathBuf, config: ClipConfig) -> Result<Self> {
+        if (config.text.vocab_size as usize) < cliptune_prep::VOCAB_SIZE {
+            return Err(WorkerError::input(
+                "model",
+                format!(
+                    "the text vocabulary of model {name} ({}) is smaller than the CLIP tokenizer's ({})",
+                    config.text.vocab_size,
+                    cliptune_prep::VOCAB_SIZE
+                ),
+            ));
+        }
+        let codec = Codec::new(&config)?;
+        Ok(Self {
+            id,
+            name,
+            dir,
+            config,
+            codec,
+        })
+    }
+
+    /// A text as the model's input: tokenized, cut to the context length, without padding.
+    pub fn text(&self, text: &str) -> Input {
+        let mut ids = self.codec.tokens(text);
+        // Padding is 0 and the last real token is EOT (non-zero), so this keeps every real token.
+        while ids.len() > 1 && ids.last() == Some(&0) {
+            ids.pop();
+        }
+        Input::Text(ids)
+    }
+
+    /// An image file's bytes as the model's input, or why they are not a usable image.
+    pub fn image(&self, bytes: &[u8], name: &str) -> std::result::Result<Input, String> {
+        self.codec.image(bytes, name).map(Input::Image)
+    }
+
+    fn patches(&self) -> usize {
+        let g = self.config.grid().max(1) as usize;
+        g * g
+    }
+}
+
+/// One input of a request.
+pub enum Input {
+    /// Token ids from SOT to EOT (no padding).
+    Text(Vec<i64>),
+    /// `[3, S, S]` normalized pixels.
+    Image(Vec<f32>),
+}
+
+impl Input {
+    fn cost(&self, model: &OnlineModel) -> usize {
+        match self {
+            Input::Text(ids) => ids.len().max(1),
+            Input::Image(_) => model.patches(),
+        }
+    }
+}
+
+/// Where a request's time went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timing {
+    /// From admission to the start of the first batch that carried one of its inputs.
+    pub queue: Duration,
+    /// Device time of the batches that carried its inputs.
+    pub device: Duration,
+    pub batches: u32,
+    /// Inputs in the largest batch that carried one of its inputs.
+    pub batch_inputs: usize,
+    /// Tokens in that batch.
+    pub batch_tokens: usize,
+}
+
+/// A slot of the in-flight bound; the request counts as in flight while it is held.
+pub struct Permit {
+    _permit: OwnedSemaphorePermit,
+    pub admitted: Instant,
+}
+
+struct Job {
+    model: Arc<OnlineModel>,
+    inputs: Vec<Option<Input>>,
+    next: usize,
+    out: Vec<Vec<f32>>,
+    done: usize,
+    admitted: Instant,
+    timing: Timing,
+    started: bool,
+    reply: oneshot::Sender<Result<(Vec<Vec<f32>>, Timing)>>,
+}
+
+/// Online embedding's queue, batch loop and admission bound.
+pub struct Batcher {
+    device: DeviceHandle,
+    config: OnlineConfig,
+    permits: Arc<Semaphore>,
+    tx: OnceLock<mpsc::UnboundedSender<Job>>,
+    batches: Arc<AtomicU64>,
+    rejected: AtomicU64,
+}
+
+impl Batcher {
+    pub fn new(device: DeviceHandle, config: OnlineConfig) -> Self {
+        Self {
+            device,
+            permits: Arc::new(Semaphore::new(config.max_inflight.max(1))),
+            config,
+            tx: OnceLock::new(),
+            batches: Arc::new(AtomicU64::new(0)),
+            rejected: AtomicU64::new(0),
+        }
+    }
+
+    pub fn config(&self) -> OnlineConfig {
+        self.config
+    }
+
+    /// Admits a request, or fails at once with `Overloaded` when `max_inflight` are running.
+    pub fn admit(&self) -> Result<Permit> {
+        match self.permits.clone().try_acquire_owned() {
+            Ok(p) => Ok(Permit {
+                _permit: p,
+                admitted: Instant::now(),
+            }),
+            Err(_) => {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                Err(WorkerError::Overloaded(format!(
+                    "{} online requests are in flight (CLIPTUNE_MAX_INFLIGHT); retry shortly",
+                    self.config.max_inflight
+                )))
+            }
+        }
+    }
+
+    /// Requests admitted and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.config.max_inflight.max(1) - self.permits.available_permits()
+    }
+
+    /// Requests turned away with 429 since start.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Device batches run since start.
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
+    }
+
+    /// L2-normalized vectors of `inputs`, in their order.
+    pub async fn embed(
+        &self,
+        permit: &Permit,
+        model: Arc<OnlineModel>,
+        inputs: Vec<Input>,
+    ) -> Result<(Vec<Vec<f32>>, Timing)> {
+        if inputs.is_empty() {
+            return Ok((Vec::new(), Timing::default()));
+        }
+        let (reply, answer) = oneshot::channel();
+        let n = inputs.len();
+        let job = Job {
+            model,
+            inputs: inputs.into_iter().map(Some).collect(),
+            next: 0,
+            out: vec![Vec::new(); n],
+            done: 0,
+            admitted: permit.admitted,
+            timing: Timing::default(),
+            started: false,
+            reply,
+        };
+        let tx = self.tx.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(batch_loop(
+                rx,
+                self.device.clone(),
+                self.config.token_budget.max(1),
+                self.batches.clone(),
+            ));
+            tx
+        });
+        tx.send(job)
+            .map_err(|_| WorkerError::Unavailable("the online batch loop has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| WorkerError::Unavailable("the online batch loop dropped a request".into()))?
+    }
+}
+
+/// Where each input of a batch came from: (job index in the queue, input index).
+type Slot = (usize, usize);
+
+async fn batch_loop(
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    device: DeviceHandle,
+    budget: usize,
+    batches: Arc<AtomicU64>,
+) {
+    let mut queue: VecDeque<Job> = VecDeque::new();
+    loop {
+        if queue.is_empty() {
+            match rx.recv().await {
+                Some(job) => queue.push_back(job),
+                None => return,
+            }
+        }
+        while let Ok(job) = rx.try_recv() {
+            queue.push_back(job);
+        }
+        // A client that went away does not need its vectors.
+        queue.retain(|j| !j.reply.is_closed());
+        let Some(head) = queue.front() else { continue };
+        let model = head.model.clone();
+
+        let mut images: Vec<Vec<f32>> = Vec::new();
+        let mut texts: Vec<Vec<i64>> = Vec::new();
+        let (mut image_slots, mut text_slots): (Vec<Slot>, Vec<Slot>) = (Vec::new(), Vec::new());
+        let mut cost = 0usize;
+        let started = Instant::now();
+        'fill: for (qi, job) in queue.iter_mut().enumerate() {
+            if !Arc::ptr_eq(&job.model, &model) && job.model.dir != model.dir {
+                continue;
+            }
+            while job.next < job.inputs.len() {
+                let c = job.inputs[job.next].as_ref().map_or(1, |i| i.cost(&model));
+                // The first input always goes in, so an input larger than the budget still runs.
+                if cost > 0 && cost + c > budget {
+                    break 'fill;
+                }
+                cost += c;
+                match job.inputs[job.next].take() {
+                    Some(Input::Image(px)) => {
+                        images.push(px);
+                        image_slots.push((qi, job.next));
+                    }
+                    Some(Input::Text(ids)) => {
+                        texts.push(ids);
+                        text_slots.push((qi, job.next));
+                    }
+                    None => {}
+                }
+                job.next += 1;
+                if !job.started {
+                    job.started = true;
+                    job.timing.queue = started.saturating_duration_since(job.admitted);
+                }
+            }
+        }
+        let n_inputs = images.len() + texts.len();
+        let m = model.clone();
+        let result = device
+            .run(move |dev| {
+                let clip = dev_model(dev, &m)?;
+                forward(&clip, &m.config, images, texts)
+            })
+            .await
+            .and_then(|r| r);
+        let took = started.elapsed();
+        batches.fetch_add(1, Ordering::Relaxed);
+
+        let mut touched: Vec<usize> = image_slots.iter().chain(&text_slots).map(|s| s.0).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        for &qi in &touched {
+            let t = &mut queue[qi].timing;
+            t.device += took;
+            t.batches += 1;
+            if n_inputs > t.batch_inputs {
+                t.batch_inputs = n_inputs;
+                t.batch_tokens = cost;
+            }
+        }
+        match result {
+            Ok((img, txt)) => {
+                for ((qi, ii), v) in image_slots.into_iter().zip(img).chain(text_slots.into_iter().zip(txt)) {
+                    queue[qi].out[ii] = v;
+                    queue[qi].done += 1;
+                }
+                // Answer finished jobs (back to front so indices stay valid).
+                for &qi in touched.iter().rev() {
+                    if queue[qi].done == queue[qi].inputs.len() {
+                        let job = queue.remove(qi).expect("index is in the queue");
+                        let _ = job.reply.send(Ok((job.out, job.timing)));
+                    }
+                }
+            }
+            Err(e) => {
+                // A failed batch fails every request it carried; the others go on.
+                for &qi in touched.iter().rev() {
+                    let job = queue.remove(qi).expect("index is in the queue");
+                    let _ = job.reply.send(Err(same_error(&e)));
+                }
+            }
+        }
+    }
+}
+
+fn same_error(e: &WorkerError) -> WorkerError {
+    match e.error_type() {
+        "validation" => WorkerError::input("model", e.to_string()),
+        "unavailable" => WorkerError::Unavailable(e.to_string()),
+        _ => WorkerError::Internal(e.to_string()),
+    }
+}
+
+fn dev_model(dev: &mut DeviceCtx, model: &OnlineModel) -> Result<std::rc::Rc<Clip>> {
+    dev.model(&model.dir)
+}
+
+/// L2-normalized features of a batch: images through the image tower, texts through the
+/// text tower. Texts are padded only to the longest text of the batch: the causal mask
+/// means a text's features do not depend on padding after its EOT, and short queries cost
+/// a fraction of a full 77-token row.
+pub fn forward(
+    clip: &Clip,
+    config: &ClipConfig,
+    images: Vec<Vec<f32>>,
+    texts: Vec<Vec<i64>>,
+) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    let dim = config.embed_dim as usize;
+    let rows = |t: tch::Tensor| -> Result<Vec<Vec<f32>>> {
+        let flat = Vec::<f32>::try_from(t.to_device(tch::Device::Cpu).contiguous().flatten(0, -1))
+            .map_err(|e| WorkerError::Internal(format!("reading features: {e}")))?;
+        Ok(flat.chunks(dim).map(<[f32]>::to_vec).collect())
+    };
+    let img = if images.is_empty() {
+        Vec::new()
+    } else {
+        let s = config.vision.image_size;
+        let n = images.len() as i64;
+        let flat: Vec<f32> = images.concat();
+        let pixels = tch::Tensor::from_slice(&flat).view([n, 3, s, s]);
+        rows(clip.image_features(&pixels, true)?)?
+    };
+    let txt = if texts.is_empty() {
+        Vec::new()
+    } else {
+        let ctx = config.text.context_length as usize;
+        let len = texts.iter().map(Vec::len).max().unwrap_or(1).clamp(1, ctx);
+        let mut flat = vec![0i64; texts.len() * len];
+        for (row, ids) in flat.chunks_mut(len).zip(&texts) {
+            let n = ids.len().min(len);
+            row[..n].copy_from_slice(&ids[..n]);
+        }
+        let ids = tch::Tensor::from_slice(&flat).view([texts.len() as i64, len as i64]);
+        rows(clip.text_features(&ids, true)?)?
+    };
+    Ok((img, txt))
+}

@@ -1,0 +1,180 @@
+//! Semantic search: top-k items of a model's feature set by cosine with a query vector,
+//! with what a person needs to see them (name, caption, image). Shared by `POST /search`
+//! (query embedded by the online batcher) and `cliptune search` (query embedded in-process
+//! with [`LocalEncoder`]).
+
+use crate::batcher::{forward, Input, OnlineModel};
+use crate::error::{Result, WorkerError};
+use cliptune_clip::Clip;
+use cliptune_store::{FeatureSet, ItemKind, Model, NearestQuery, Platform, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::time::Instant;
+
+/// Largest `k` a search accepts.
+pub const MAX_K: usize = 1000;
+
+/// One result.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Hit {
+    /// 1 for the best match.
+    pub rank: usize,
+    pub item_id: String,
+    pub dataset_id: String,
+    /// Cosine similarity in [-1, 1].
+    pub score: f32,
+    /// File name (absent when the item was deleted after it was embedded).
+    pub name: Option<String>,
+    pub filename: Option<String>,
+    /// `image`, `text`, `prompt` or `other`.
+    pub kind: Option<String>,
+    pub caption: Option<String>,
+    /// The item whose image shows this result (the item itself, or a prompt item's image).
+    pub image_item_id: Option<String>,
+}
+
+/// The feature set holding `model`'s vectors, or an error saying how to make one.
+pub async fn feature_set(platform: &dyn Platform, model: &Model) -> Result<FeatureSet> {
+    platform
+        .list_feature_sets()
+        .await?
+        .into_iter()
+        .find(|fs| fs.model_id.as_deref() == Some(model.id.as_str()))
+        .ok_or_else(|| {
+            WorkerError::input(
+                "model",
+                format!(
+                    "model {} ({}) has no vectors yet: embed a dataset with it first (cliptune embed-dataset --model {} --dataset D, or POST /embed {{\"dataset_id\"}})",
+                    model.name, model.id, model.name
+                ),
+            )
+        })
+}
+
+/// Checks `k` and the filter's shape before any work.
+pub fn check_query(k: usize, filter: Option<&Value>, dataset: Option<&str>) -> Result<()> {
+    if k == 0 || k > MAX_K {
+        return Err(WorkerError::input("k", format!("{k} is not in 1..={MAX_K}")));
+    }
+    if let Some(f) = filter {
+        if !f.is_object() {
+            return Err(WorkerError::input("filter", format!("must be a DQL filter object, got {f}")));
+        }
+        if dataset.is_none() {
+            return Err(WorkerError::input("filter", "a filter needs a dataset"));
+        }
+    }
+    Ok(())
+}
+
+/// Top-k items of `set` for `vector` (restricted to `dataset_id` and the DQL `filter`),
+/// best first, with their names and captions.
+pub async fn nearest(
+    platform: &dyn Platform,
+    set: &FeatureSet,
+    vector: Vec<f32>,
+    dataset_id: Option<&str>,
+    k: usize,
+    filter: Option<Value>,
+) -> Result<Vec<Hit>> {
+    check_query(k, filter.as_ref(), dataset_id)?;
+    let neighbors = platform
+        .nearest(
+            &set.id,
+            &NearestQuery {
+                vector,
+                k,
+                dataset_id: dataset_id.map(String::from),
+                filter,
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            // The DQL filter is the user's; say which input was wrong.
+            StoreError::Invalid { .. } => WorkerError::input("filter", e.to_string()),
+            e => e.into(),
+        })?;
+    let mut hits = Vec::with_capacity(neighbors.len());
+    for (i, n) in neighbors.into_iter().enumerate() {
+        let mut hit = Hit {
+            rank: i + 1,
+            item_id: n.entity_id.clone(),
+            dataset_id: n.dataset_id,
+            score: n.score,
+            name: None,
+            filename: None,
+            kind: None,
+            caption: None,
+            image_item_id: None,
+        };
+        if let Ok(item) = platform.get_item(&n.entity_id).await {
+            hit.name = Some(item.name.clone());
+            hit.filename = Some(item.filename.clone());
+            hit.kind = Some(
+                match item.kind() {
+                    ItemKind::Image => "image",
+                    ItemKind::Text => "text",
+                    ItemKind::Prompt => "prompt",
+                    ItemKind::Other => "other",
+                }
+                .into(),
+            );
+            // A caption that cannot be resolved (a broken prompt item) still shows the hit.
+            match platform.caption(&item).await {
+                Ok(c) => {
+                    hit.caption = c.caption;
+                    hit.image_item_id = c.image_item.map(|i| i.id);
+                }
+                Err(_) => hit.caption = item.own_caption().map(String::from),
+            }
+        }
+        hits.push(hit);
+    }
+    Ok(hits)
+}
+
+/// Embeds queries in the calling thread with a loaded model (the CLI: no server, no device
+/// thread).
+pub struct LocalEncoder {
+    clip: Clip,
+    model: OnlineModel,
+}
+
+impl LocalEncoder {
+    pub fn load(model: OnlineModel, device: tch::Device) -> Result<Self> {
+        let clip = cliptune_clip::checkpoint::load(&model.dir, device, &Default::default())?;
+        Ok(Self { clip, model })
+    }
+
+    pub fn model(&self) -> &OnlineModel {
+        &self.model
+    }
+
+    pub fn text(&self, text: &str) -> Result<Vec<f32>> {
+        self.one(self.model.text(text))
+    }
+
+    pub fn image(&self, bytes: &[u8], name: &str) -> Result<Vec<f32>> {
+        let input = self
+            .model
+            .image(bytes, name)
+            .map_err(|e| WorkerError::input("image", format!("{name}: {e}")))?;
+        self.one(input)
+    }
+
+    fn one(&self, input: Input) -> Result<Vec<f32>> {
+        let (images, texts) = match input {
+            Input::Image(px) => (vec![px], vec![]),
+            Input::Text(ids) => (vec![], vec![ids]),
+        };
+        let (mut img, mut txt) = forward(&self.clip, &self.model.config, images, texts)?;
+        img.pop()
+            .or_else(|| txt.pop())
+            .ok_or_else(|| WorkerError::Internal("the model returned no vector".into()))
+    }
+}
+
+/// Milliseconds since `t`, for timing fields.
+pub fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}

@@ -1,0 +1,148 @@
+//! A real server on an ephemeral port over a temporary store: the demo's drawn shapes
+//! imported as a dataset, two tiny random-weight models ("tiny-base" and its clone
+//! "tiny-tuned", the pipeline's "Newest CLIP model"), both with the dataset embedded by the
+//! embed node.
+
+#![allow(dead_code)]
+
+use cliptune_clip::{checkpoint, Clip, ClipConfig};
+use cliptune_store::import::{import, ImportOptions};
+use cliptune_store::*;
+use cliptune_worker::{http, Function, Worker, WorkerConfig};
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    pub worker: Worker,
+    pub store: Arc<LocalStore>,
+    pub dataset: Dataset,
+    pub base: Model,
+    pub tuned: Model,
+    /// The drawn images and `captions.jsonl`.
+    pub images: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Fixture {
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(h) = self.server.take() {
+            let _ = h.await;
+        }
+    }
+}
+
+async fn register(store: &LocalStore, config: &ClipConfig, seed: u64, dir: &std::path::Path, model: Option<&Model>) -> Model {
+    let clip = Clip::new(config, tch::Device::Cpu, Some(seed)).unwrap();
+    let out = dir.join(format!("weights-{seed}"));
+    checkpoint::save(&clip, &out).unwrap();
+    let created = match model {
+        None => store
+            .create_model(NewModel {
+                name: "tiny-base".into(),
+                status: ModelStatus::Trained,
+                configuration: Default::default(),
+                dataset_id: None,
+                description: None,
+                metadata: json!({}),
+            })
+            .await
+            .unwrap(),
+        Some(base) => store
+            .clone_model(
+                &base.id,
+                CloneModel {
+                    name: Some("tiny-tuned".into()),
+                    status: Some(ModelStatus::Trained),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap(),
+    };
+    store.upload_artifacts(&created.id, &out).await.unwrap()
+}
+
+pub async fn start() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let store = Arc::new(LocalStore::open(&home).unwrap());
+    let images = dir.path().join("shapes");
+    cliptune_worker::demo::write_dataset(&images, 20, 32, 3).unwrap();
+    import(&store, &images, &ImportOptions::new("shapes")).await.unwrap();
+    let dataset = store.dataset_by_name("shapes").await.unwrap();
+
+    let config = ClipConfig::from_json(&cliptune_worker::demo::tiny_architecture()).unwrap();
+    let base = register(&store, &config, 0, dir.path(), None).await;
+    let tuned = register(&store, &config, 1, dir.path(), Some(&base)).await;
+
+    let manifest_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../dataloop.json");
+    let manifest = cliptune_worker::pipeline::read_manifest(Some(&manifest_path)).unwrap();
+    let installed = cliptune_worker::pipeline::install(&*store, &manifest, None, None).await.unwrap();
+    cliptune_worker::pipeline::set_variables(
+        &*store,
+        &installed.pipeline,
+        &[(cliptune_worker::nodes::NEWEST_MODEL_VARIABLE.to_string(), json!(tuned.id))],
+    )
+    .await
+    .unwrap();
+
+    let mut config = WorkerConfig::local("cpu");
+    config.torch_threads = 2;
+    config.embed_batch_size = 8;
+    let platform: Arc<dyn Platform> = store.clone();
+    let worker = Worker::start(platform, config, home).await.unwrap();
+    for m in [&base, &tuned] {
+        let e = worker
+            .submit(Function::Embed, json!({"dataset_id": dataset.id, "model": m.id}), None)
+            .await
+            .unwrap();
+        let done = worker.wait(&e.id).await.unwrap();
+        assert_eq!(done.status, ExecutionStatus::Success, "embedding with {}: {:?}", m.name, done.latest_status);
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let w = worker.clone();
+    let server = tokio::spawn(async move {
+        http::serve(w, listener, async move {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    Fixture {
+        dir,
+        url,
+        worker,
+        store,
+        dataset,
+        base,
+        tuned,
+        images,
+        stop: Some(stop),
+        server: Some(server),
+    }
+}
+
+/// The drawn images with their captions, in `captions.jsonl` order.
+pub fn captions(f: &Fixture) -> Vec<(PathBuf, String)> {
+    std::fs::read_to_string(f.images.join("captions.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                f.images.join(v["file"].as_str().unwrap()),
+                v["caption"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
