@@ -10,6 +10,7 @@ mod models;
 mod output;
 mod preprocess;
 mod tokenize;
+mod train;
 mod variables;
 
 use clap::{Parser, Subcommand};
@@ -46,6 +47,10 @@ enum Command {
     /// Read and set pipeline variables.
     #[command(subcommand)]
     Variables(variables::VariablesCommand),
+    /// Fine-tune a model on captioned images.
+    Train(train::TrainArgs),
+    /// Evaluate a model on captioned images.
+    Eval(train::EvalArgs),
     /// Print CLIP token ids of texts (open_clip's tokenizer).
     ///
     /// Example: cliptune tokenize "a photo of a cat" --json; or: cliptune tokenize - < captions.txt
@@ -91,6 +96,8 @@ fn main() {
         Command::Datasets(cmd) => datasets::run(&ctx, cmd),
         Command::Items(cmd) => items::run(&ctx, cmd),
         Command::Variables(cmd) => variables::run(&ctx, cmd),
+        Command::Train(args) => train::train(&ctx, args),
+        Command::Eval(args) => train::eval(&ctx, args),
         Command::Tokenize(args) => tokenize::run(&ctx, args),
         Command::Preprocess(args) => preprocess::run(&ctx, args),
         Command::Embed(args) => embed::run(&ctx, args),

@@ -1,0 +1,120 @@
+//! Mixed precision: autocast regions around forward passes (master weights stay f32), and
+//! the dynamic loss scale fp16 needs.
+
+use crate::config::Precision;
+use crate::{Result, TrainError};
+use tch::Device;
+
+#[allow(unsafe_code)]
+mod ffi {
+    extern "C" {
+        pub fn cliptune_autocast_enter(device: i32, dtype: i32) -> i32;
+        pub fn cliptune_autocast_exit(device: i32, prev: i32) -> i32;
+    }
+
+    // SAFETY (both): the shim takes plain integers, touches only libtorch's thread-local
+    // autocast state and catches every C++ exception.
+    pub fn enter(device: i32, dtype: i32) -> i32 {
+        unsafe { cliptune_autocast_enter(device, dtype) }
+    }
+
+    pub fn exit(device: i32, prev: i32) -> i32 {
+        unsafe { cliptune_autocast_exit(device, prev) }
+    }
+}
+
+/// Checks that `precision` can run on `device` (fp16 needs CUDA: CPU fp16 kernels are
+/// slow and incomplete).
+pub fn check(precision: Precision, device: Device) -> Result<()> {
+    if precision == Precision::Fp16 && !device.is_cuda() {
+        return Err(TrainError::config(
+            "precision",
+            "fp16 needs a CUDA device; use bf16 or fp32 on the CPU",
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `f` under autocast to `precision` on `device` (no autocast for fp32).
+pub fn autocast<T>(precision: Precision, device: Device, f: impl FnOnce() -> T) -> T {
+    let dtype = match precision {
+        Precision::Fp32 => return f(),
+        Precision::Fp16 => 0,
+        Precision::Bf16 => 1,
+    };
+    let dev = i32::from(device.is_cuda());
+    let prev = ffi::enter(dev, dtype);
+    assert!(prev >= 0, "libtorch refused to enable autocast");
+    struct Exit(i32, i32);
+    impl Drop for Exit {
+        fn drop(&mut self) {
+            ffi::exit(self.0, self.1);
+        }
+    }
+    let _guard = Exit(dev, prev);
+    f()
+}
+
+/// Dynamic loss scaling for fp16 (torch.cuda.amp.GradScaler's defaults): start at 2^16,
+/// halve and skip the step on inf/NaN gradients, double after 2000 good steps.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LossScale {
+    pub scale: f64,
+    pub good_steps: u32,
+}
+
+impl LossScale {
+    pub fn new(precision: Precision) -> Option<Self> {
+        (precision == Precision::Fp16).then_some(Self {
+            scale: 65536.0,
+            good_steps: 0,
+        })
+    }
+
+    /// Updates after a step; returns whether the step's gradients were usable.
+    pub fn update(&mut self, finite: bool) -> bool {
+        if finite {
+            self.good_steps += 1;
+            if self.good_steps == 2000 {
+                self.scale *= 2.0;
+                self.good_steps = 0;
+            }
+        } else {
+            self.scale *= 0.5;
+            self.good_steps = 0;
+        }
+        finite
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Kind, Tensor};
+
+    #[test]
+    fn cpu_bf16_autocast_runs_matmuls_in_bf16_and_restores() {
+        let a = Tensor::ones([4, 4], (Kind::Float, Device::Cpu));
+        let inside = autocast(Precision::Bf16, Device::Cpu, || a.matmul(&a).kind());
+        assert_eq!(inside, Kind::BFloat16);
+        assert_eq!(a.matmul(&a).kind(), Kind::Float, "autocast left enabled");
+        let nested = autocast(Precision::Bf16, Device::Cpu, || {
+            autocast(Precision::Bf16, Device::Cpu, || ());
+            a.matmul(&a).kind()
+        });
+        assert_eq!(nested, Kind::BFloat16);
+        assert!(check(Precision::Fp16, Device::Cpu).is_err());
+    }
+
+    #[test]
+    fn loss_scale_backs_off_and_grows() {
+        let mut s = LossScale::new(Precision::Fp16).unwrap();
+        assert!(!s.update(false));
+        assert_eq!(s.scale, 32768.0);
+        for _ in 0..2000 {
+            s.update(true);
+        }
+        assert_eq!(s.scale, 65536.0);
+        assert!(LossScale::new(Precision::Bf16).is_none());
+    }
+}
