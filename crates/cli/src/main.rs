@@ -8,6 +8,8 @@ mod embed;
 mod items;
 mod models;
 mod output;
+mod pipeline;
+mod serve;
 mod preprocess;
 mod tokenize;
 mod train;
@@ -63,6 +65,14 @@ enum Command {
     ///
     /// Example: cliptune embed --model ./clip-vit-base-patch32 --text "a cat" --image cat.jpg --json
     Embed(embed::EmbedArgs),
+    /// Serve the pipeline nodes, executions and pipelines over HTTP.
+    Serve(serve::ServeArgs),
+    /// Install and run the fine-tuning pipeline template.
+    #[command(subcommand)]
+    Pipeline(pipeline::PipelineCommand),
+    /// Helpers of `make run`: a generated image set and a text query.
+    #[command(subcommand, hide = true)]
+    Demo(pipeline::DemoCommand),
 }
 
 /// What every command gets besides its own arguments.
@@ -93,14 +103,17 @@ fn main() {
     };
     let result = match cli.command {
         Command::Models(cmd) => models::run(&ctx, cmd),
+        Command::Tokenize(args) => tokenize::run(&ctx, args),
+        Command::Preprocess(args) => preprocess::run(&ctx, args),
+        Command::Embed(args) => embed::run(&ctx, args),
+        Command::Serve(args) => serve::run(&ctx, args),
+        Command::Pipeline(cmd) => pipeline::run(&ctx, cmd),
+        Command::Demo(cmd) => pipeline::demo(&ctx, cmd),
         Command::Datasets(cmd) => datasets::run(&ctx, cmd),
         Command::Items(cmd) => items::run(&ctx, cmd),
         Command::Variables(cmd) => variables::run(&ctx, cmd),
         Command::Train(args) => train::train(&ctx, args),
         Command::Eval(args) => train::eval(&ctx, args),
-        Command::Tokenize(args) => tokenize::run(&ctx, args),
-        Command::Preprocess(args) => preprocess::run(&ctx, args),
-        Command::Embed(args) => embed::run(&ctx, args),
     };
     if let Err(err) = result {
         output::fail(&ctx, &err);

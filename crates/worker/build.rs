@@ -1,0 +1,5 @@
+include!("../../tools/link_libtorch.rs");
+
+fn main() {
+    link_libtorch();
+}

@@ -1,0 +1,26 @@
+//! The cliptune worker: the pipeline's nodes as functions, executions with one owner per
+//! resource, the pipeline runner and the HTTP API.
+//!
+//! - [`Worker`]: the shared state (platform, device thread, queues, metrics). Start one with
+//!   [`Worker::start`]; it recovers executions a previous process left behind.
+//! - [`executions`]: submit / wait / terminate, lanes and recovery.
+//! - [`nodes`]: `create-model`, `train`, `update-variable`, `embed`.
+//! - [`pipeline`]: the `dataloop.json` manifest, installing its template, running it.
+//! - [`http`]: the axum router (`cliptune serve`); its online side (dynamic batching,
+//!   search, the page) is [`batcher`], [`search`] and `http::online`.
+
+pub mod batcher;
+pub mod config;
+pub mod demo;
+pub mod device;
+pub mod error;
+pub mod executions;
+pub mod http;
+pub mod metrics;
+pub mod nodes;
+pub mod pipeline;
+pub mod search;
+
+pub use config::{Backend, WorkerConfig};
+pub use error::{Result, WorkerError};
+pub use executions::{Function, Worker};

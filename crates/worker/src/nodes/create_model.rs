@@ -1,0 +1,121 @@
+//! *Create New Model*: clones the base model into a new `created` model that points at the
+//! dataset, with the shallowly merged config and the train/validation subset filters.
+
+use super::{entity_ref, object, optional_object, reject_unknown};
+use crate::error::{Result, WorkerError};
+use crate::executions::NodeCtx;
+use cliptune_store::{CloneModel, Subsets};
+use serde_json::{json, Map, Value};
+
+#[derive(Debug, Clone)]
+pub struct CreateModelInput {
+    pub base_model: String,
+    pub dataset: String,
+    pub config: Option<Map<String, Value>>,
+    pub train_subset: Option<Value>,
+    pub validation_subset: Option<Value>,
+    pub name: Option<String>,
+    pub description: Option<String>,
+}
+
+const KNOWN: &[&str] = &[
+    "base_model",
+    "model",
+    "dataset",
+    "model_config",
+    "config",
+    "train_subset",
+    "validation_subset",
+    "name",
+    "description",
+];
+
+impl CreateModelInput {
+    pub fn parse(input: &Value) -> Result<Self> {
+        let map = object(input)?;
+        reject_unknown(&map, KNOWN)?;
+        let base = map
+            .get("base_model")
+            .or_else(|| map.get("model"))
+            .ok_or_else(|| WorkerError::input("base_model", "missing"))?;
+        let dataset = map
+            .get("dataset")
+            .ok_or_else(|| WorkerError::input("dataset", "missing"))?;
+        let filter = |name: &str| -> Result<Option<Value>> {
+            match map.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v @ Value::Object(_)) => Ok(Some(v.clone())),
+                Some(Value::String(s)) => serde_json::from_str::<Value>(s)
+                    .ok()
+                    .filter(Value::is_object)
+                    .map(Some)
+                    .ok_or_else(|| WorkerError::input(name, "must be a DQL filter object")),
+                Some(other) => Err(WorkerError::input(
+                    name,
+                    format!("must be a DQL filter object, got {other}"),
+                )),
+            }
+        };
+        let text = |name: &str| -> Result<Option<String>> {
+            match map.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.trim().to_string())),
+                Some(other) => Err(WorkerError::input(
+                    name,
+                    format!("must be a non-empty string, got {other}"),
+                )),
+            }
+        };
+        Ok(Self {
+            base_model: entity_ref(base, "base_model", &["model_id"])?,
+            dataset: entity_ref(dataset, "dataset", &["dataset_id"])?,
+            config: optional_object(&map, &["model_config", "config"])?,
+            train_subset: filter("train_subset")?,
+            validation_subset: filter("validation_subset")?,
+            name: text("name")?,
+            description: text("description")?,
+        })
+    }
+}
+
+pub async fn run(input: CreateModelInput, ctx: &NodeCtx) -> Result<Value> {
+    let platform = ctx.worker.platform();
+    ctx.progress(10, "resolving the base model and the dataset");
+    let base = platform.resolve_model(&input.base_model).await?;
+    let dataset = platform.resolve_dataset(&input.dataset).await?;
+    if base.artifacts.is_empty() {
+        return Err(WorkerError::input(
+            "base_model",
+            format!(
+                "model {} ({}) has no weights (no artifacts) to start training from",
+                base.name, base.id
+            ),
+        ));
+    }
+    let defaults = Subsets::default_filters();
+    let subsets = Subsets {
+        train: input.train_subset.unwrap_or(defaults.train),
+        validation: input.validation_subset.unwrap_or(defaults.validation),
+    };
+    ctx.check()?;
+    let model = platform
+        .clone_model(
+            &base.id,
+            CloneModel {
+                name: input.name,
+                configuration: input.config,
+                dataset_id: Some(dataset.id.clone()),
+                subsets: Some(subsets),
+                status: None,
+                description: input.description,
+            },
+        )
+        .await?;
+    ctx.progress(100, format!("created model {} ({})", model.name, model.id));
+    Ok(json!({
+        "model": {"model_id": model.id},
+        "name": model.name,
+        "base_model": {"model_id": base.id},
+        "dataset": {"dataset_id": dataset.id},
+    }))
+}

@@ -1,0 +1,486 @@
+//! *Embeddings*: one L2-normalised vector per item in the feature set of the model.
+//!
+//! Images go through the image tower; text items and prompt items go through the text tower
+//! (a prompt item's text is its caption as [`Platform::caption`] resolves it). The model is
+//! the input's, else the pipeline's "Newest CLIP model" at run time. Items that already
+//! have a vector in the set are skipped, so a rerun (or a re-queued execution) only embeds
+//! what is missing and never duplicates; unreadable items are reported, not fatal.
+//!
+//! The online form of `POST /embed` (texts and images in the request) is served by
+//! [`embed_online`], outside the execution queue.
+
+use super::{
+    entity_ref, local_weights, local_weights_for, object, reject_unknown, NEWEST_MODEL_VARIABLE,
+};
+use crate::device::DeviceCtx;
+use crate::error::{Result, WorkerError};
+use crate::executions::{NodeCtx, Worker};
+use cliptune_clip::{checkpoint, ClipConfig, LoadOptions};
+use cliptune_store::{ExecutionPipeline, Item, ItemKind, ItemQuery, Model, NewVector, Platform};
+use cliptune_train::codec::Codec;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+pub enum EmbedTarget {
+    /// Every item of the dataset matching `filter` (Dataloop's default filter when `None`).
+    Dataset {
+        id: String,
+        filter: Option<Value>,
+    },
+    Items(Vec<String>),
+}
+
+#[derive(Debug, Clone)]
+pub struct EmbedInput {
+    pub target: EmbedTarget,
+    pub model: Option<String>,
+    pub pipeline: Option<String>,
+}
+
+impl EmbedInput {
+    pub fn parse(input: &Value) -> Result<Self> {
+        let map = object(input)?;
+        if map.contains_key("texts") || map.contains_key("images") {
+            return Err(WorkerError::input(
+                "texts",
+                "texts and images are embedded online by POST /embed, not by an execution",
+            ));
+        }
+        reject_unknown(
+            &map,
+            &[
+                "dataset",
+                "dataset_id",
+                "items",
+                "item_ids",
+                "filter",
+                "model",
+                "pipeline",
+                "pipeline_id",
+            ],
+        )?;
+        let items = map.get("items").or_else(|| map.get("item_ids"));
+        let dataset = map.get("dataset").or_else(|| map.get("dataset_id"));
+        let target =
+            match (dataset, items) {
+                (Some(_), Some(_)) => {
+                    return Err(WorkerError::input(
+                        "items",
+                        "give either a dataset or a list of items, not both",
+                    ))
+                }
+                (Some(d), None) => EmbedTarget::Dataset {
+                    id: entity_ref(d, "dataset", &["dataset_id"])?,
+                    filter: match map.get("filter") {
+                        None | Some(Value::Null) => None,
+                        Some(f @ Value::Object(_)) => Some(f.clone()),
+                        Some(other) => {
+                            return Err(WorkerError::input(
+                                "filter",
+                                format!("must be a DQL filter object, got {other}"),
+                            ))
+                        }
+                    },
+                },
+                (None, Some(Value::Array(list))) if !list.is_empty() => EmbedTarget::Items(
+                    list.iter()
+                        .enumerate()
+                        .map(|(i, v)| entity_ref(v, &format!("items[{i}]"), &["item_id"]))
+                        .collect::<Result<_>>()?,
+                ),
+                (None, Some(other)) => {
+                    return Err(WorkerError::input(
+                        "items",
+                        format!("must be a non-empty list of {{\"item_id\"}} objects, got {other}"),
+                    ))
+                }
+                (None, None) => return Err(WorkerError::input(
+                    "dataset",
+                    "missing: give `dataset` ({\"dataset_id\"}) or `items` ([{\"item_id\"}, ...])",
+                )),
+            };
+        if map.contains_key("filter") && matches!(target, EmbedTarget::Items(_)) {
+            return Err(WorkerError::input("filter", "only applies to a dataset"));
+        }
+        let optional = |names: [&str; 2], keys: &[&str]| -> Result<Option<String>> {
+            match names.iter().find_map(|n| map.get(*n).map(|v| (n, v))) {
+                None | Some((_, Value::Null)) => Ok(None),
+                Some((n, v)) => entity_ref(v, n, keys).map(Some),
+            }
+        };
+        Ok(Self {
+            target,
+            model: optional(["model", "model"], &["model_id"])?,
+            pipeline: optional(["pipeline", "pipeline_id"], &["pipeline_id"])?,
+        })
+    }
+}
+
+/// The model to embed with: the given one, else "Newest CLIP model" of the given pipeline,
+/// of the execution's pipeline, or of the only pipeline that has that variable.
+pub async fn resolve_model(
+    platform: &dyn Platform,
+    model: Option<&str>,
+    pipeline: Option<&str>,
+    running_in: Option<&ExecutionPipeline>,
+) -> Result<Model> {
+    if let Some(m) = model {
+        return Ok(platform.resolve_model(m).await?);
+    }
+    let pipeline = match (pipeline, running_in) {
+        (Some(p), _) => platform.resolve_pipeline(p).await?,
+        (None, Some(p)) => platform.get_pipeline(&p.id).await?,
+        (None, None) => {
+            let mut with_var: Vec<_> = platform
+                .list_pipelines()
+                .await?
+                .into_iter()
+                .filter(|p| p.variable(NEWEST_MODEL_VARIABLE).is_some())
+                .collect();
+            if with_var.len() != 1 {
+                return Err(WorkerError::input(
+                    "model",
+                    format!(
+                        "missing, and {} pipelines have a {NEWEST_MODEL_VARIABLE:?} variable to default to; give `model` or `pipeline`",
+                        with_var.len()
+                    ),
+                ));
+            }
+            with_var.remove(0)
+        }
+    };
+    let value = pipeline
+        .variable(NEWEST_MODEL_VARIABLE)
+        .map(|v| v.value.clone())
+        .unwrap_or(Value::Null);
+    let id = entity_ref(&value, "model", &["model_id"]).map_err(|_| {
+        WorkerError::input(
+            "model",
+            format!(
+                "pipeline {} has no model in {NEWEST_MODEL_VARIABLE:?} (value {value})",
+                pipeline.name
+            ),
+        )
+    })?;
+    Ok(platform.resolve_model(&id).await?)
+}
+
+/// A loaded model's facts needed off the device thread.
+struct Prepared {
+    dir: PathBuf,
+    config: ClipConfig,
+    codec: Arc<Codec>,
+}
+
+async fn prepare(dir: PathBuf) -> Result<Prepared> {
+    let config = checkpoint::inspect(&dir, &LoadOptions::default())?.config;
+    if (config.text.vocab_size as usize) < cliptune_prep::VOCAB_SIZE {
+        return Err(WorkerError::input(
+            "model",
+            format!(
+                "the model's text vocabulary ({}) is smaller than the CLIP tokenizer's ({})",
+                config.text.vocab_size,
+                cliptune_prep::VOCAB_SIZE
+            ),
+        ));
+    }
+    let codec = Arc::new(Codec::new(&config).map_err(WorkerError::from)?);
+    Ok(Prepared { dir, config, codec })
+}
+
+/// One item's model input.
+enum Input {
+    Image(Vec<f32>),
+    Text(Vec<i64>),
+}
+
+pub async fn run(input: EmbedInput, ctx: &NodeCtx) -> Result<Value> {
+    let worker = &ctx.worker;
+    let platform = worker.platform().clone();
+    let model = resolve_model(
+        &*platform,
+        input.model.as_deref(),
+        input.pipeline.as_deref(),
+        ctx.pipeline.as_ref(),
+    )
+    .await?;
+    ctx.progress(
+        1,
+        format!("embedding with model {} ({})", model.name, model.id),
+    );
+    let dir = local_weights(ctx, &model).await?;
+    let prepared = Arc::new(prepare(dir).await?);
+    let set = platform
+        .feature_set_for_model(&model.id, &model.name, prepared.config.embed_dim as u32)
+        .await?;
+    let batch_size = worker.config.embed_batch_size.max(1);
+    let mut embedded = 0usize;
+    let mut existing = 0usize;
+    let mut failed: Vec<Value> = Vec::new();
+    let mut seen = 0usize;
+
+    let embed_items = |items: Vec<Item>, done: &HashSet<String>| -> Vec<Item> {
+        items
+            .into_iter()
+            .filter(|i| !done.contains(&i.id))
+            .collect()
+    };
+    match &input.target {
+        EmbedTarget::Dataset { id, filter } => {
+            let dataset = platform.resolve_dataset(id).await?;
+            let done: HashSet<String> = platform
+                .vector_entities(&set.id, Some(&dataset.id))
+                .await?
+                .into_iter()
+                .collect();
+            let mut query = ItemQuery {
+                filter: filter.clone(),
+                page: 0,
+                page_size: (batch_size * 8).max(100) as u32,
+            };
+            loop {
+                ctx.check()?;
+                let page = platform.query_items(&dataset.id, &query).await?;
+                let total = page.total_items_count as usize;
+                let more = page.has_next_page && !page.items.is_empty();
+                seen += page.items.len();
+                let n = page.items.len();
+                let todo = embed_items(page.items, &done);
+                existing += n - todo.len();
+                for chunk in todo.chunks(batch_size) {
+                    ctx.check()?;
+                    let (ok, bad) = embed_batch(worker, &prepared, chunk, &set.id).await?;
+                    embedded += ok;
+                    failed.extend(bad);
+                    ctx.progress(
+                        (2 + 97 * (embedded + existing + failed.len()) / total.max(1)) as u32,
+                        format!(
+                            "{embedded} embedded, {existing} already embedded, {} failed of {total}",
+                            failed.len()
+                        ),
+                    );
+                }
+                if !more {
+                    break;
+                }
+                query.page += 1;
+            }
+        }
+        EmbedTarget::Items(ids) => {
+            let mut items = Vec::with_capacity(ids.len());
+            for id in ids {
+                match platform.get_item(id).await {
+                    Ok(item) => items.push(item),
+                    Err(e) => failed.push(json!({"item_id": id, "reason": e.to_string()})),
+                }
+            }
+            let mut done = HashSet::new();
+            for item in &items {
+                if platform.get_vector(&set.id, &item.id).await.is_ok() {
+                    done.insert(item.id.clone());
+                }
+            }
+            let n = items.len();
+            seen = n;
+            let todo = embed_items(items, &done);
+            existing = n - todo.len();
+            for chunk in todo.chunks(batch_size) {
+                ctx.check()?;
+                let (ok, bad) = embed_batch(worker, &prepared, chunk, &set.id).await?;
+                embedded += ok;
+                failed.extend(bad);
+                ctx.progress(
+                    (2 + 97 * (embedded + existing) / n.max(1)) as u32,
+                    format!("{embedded} embedded, {existing} already embedded"),
+                );
+            }
+        }
+    }
+    worker.metrics.add_embedded_items(embedded as u64);
+    ctx.progress(
+        100,
+        format!(
+            "{embedded} embedded, {existing} already embedded, {} failed",
+            failed.len()
+        ),
+    );
+    Ok(json!({
+        "model": {"model_id": model.id},
+        "feature_set_id": set.id,
+        "items": seen,
+        "embedded": embedded,
+        "already_embedded": existing,
+        "failed": failed,
+    }))
+}
+
+/// Embeds one batch of items and stores their vectors. Returns how many were stored and
+/// the items that could not be embedded, with the reason.
+async fn embed_batch(
+    worker: &Worker,
+    prepared: &Arc<Prepared>,
+    items: &[Item],
+    set_id: &str,
+) -> Result<(usize, Vec<Value>)> {
+    let platform = worker.platform();
+    let mut failed = Vec::new();
+    let mut raw: Vec<(Item, Result<RawInput, String>)> = Vec::with_capacity(items.len());
+    for item in items {
+        raw.push((item.clone(), read_input(&**platform, item).await));
+    }
+    let codec = prepared.codec.clone();
+    // Decoding and resizing are CPU work: keep them off the async threads.
+    let decoded = tokio::task::spawn_blocking(move || {
+        use rayon::prelude::*;
+        raw.into_par_iter()
+            .map(|(item, r)| {
+                let input = r.and_then(|raw| match raw {
+                    RawInput::Image(bytes) => codec.image(&bytes, &item.filename).map(Input::Image),
+                    RawInput::Text(text) => Ok(Input::Text(codec.tokens(&text))),
+                });
+                (item, input)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| WorkerError::Internal(format!("decoding batch: {e}")))?;
+    let mut images = Vec::new();
+    let mut texts = Vec::new();
+    for (item, input) in decoded {
+        match input {
+            Ok(Input::Image(px)) => images.push((item, px)),
+            Ok(Input::Text(ids)) => texts.push((item, ids)),
+            Err(reason) => failed.push(json!({"item_id": item.id, "reason": reason})),
+        }
+    }
+    let image_px: Vec<Vec<f32>> = images.iter().map(|(_, p)| p.clone()).collect();
+    let text_ids: Vec<Vec<i64>> = texts.iter().map(|(_, t)| t.clone()).collect();
+    let p = prepared.clone();
+    let (img_vecs, txt_vecs) = worker
+        .device
+        .run(move |dev| features(dev, &p.dir, &p.config, image_px, text_ids))
+        .await??;
+    let vectors: Vec<NewVector> = images
+        .iter()
+        .map(|(i, _)| i)
+        .zip(img_vecs)
+        .chain(texts.iter().map(|(i, _)| i).zip(txt_vecs))
+        .map(|(item, value)| NewVector {
+            entity_id: item.id.clone(),
+            dataset_id: item.dataset_id.clone(),
+            value,
+        })
+        .collect();
+    let stored = vectors.len();
+    if !vectors.is_empty() {
+        platform.upsert_vectors(set_id, &vectors).await?;
+    }
+    Ok((stored, failed))
+}
+
+enum RawInput {
+    Image(Vec<u8>),
+    Text(String),
+}
+
+/// What an item contributes to embedding, read through the platform.
+async fn read_input(platform: &dyn Platform, item: &Item) -> std::result::Result<RawInput, String> {
+    match item.kind() {
+        ItemKind::Image => platform
+            .item_bytes(&item.id)
+            .await
+            .map(RawInput::Image)
+            .map_err(|e| e.to_string()),
+        ItemKind::Text | ItemKind::Prompt => {
+            let resolved = platform.caption(item).await.map_err(|e| e.to_string())?;
+            resolved
+                .caption
+                .filter(|c| !c.trim().is_empty())
+                .map(RawInput::Text)
+                .ok_or_else(|| "no text to embed".to_string())
+        }
+        ItemKind::Other => Err(format!(
+            "cannot embed mimetype {}",
+            item.mimetype().unwrap_or("unknown")
+        )),
+    }
+}
+
+/// Normalised image and text features of one batch, on the device thread.
+fn features(
+    dev: &mut DeviceCtx,
+    dir: &Path,
+    config: &ClipConfig,
+    images: Vec<Vec<f32>>,
+    texts: Vec<Vec<i64>>,
+) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    let clip = dev.model(dir)?;
+    let dim = config.embed_dim as usize;
+    let to_rows = |t: tch::Tensor| -> Result<Vec<Vec<f32>>> {
+        let flat: Vec<f32> = Vec::<f32>::try_from(t.to_device(tch::Device::Cpu).flatten(0, -1))
+            .map_err(|e| WorkerError::Internal(format!("reading features: {e}")))?;
+        Ok(flat.chunks(dim).map(<[f32]>::to_vec).collect())
+    };
+    let img = if images.is_empty() {
+        Vec::new()
+    } else {
+        let s = config.vision.image_size;
+        let n = images.len() as i64;
+        let flat: Vec<f32> = images.into_iter().flatten().collect();
+        let pixels = tch::Tensor::from_slice(&flat).view([n, 3, s, s]);
+        to_rows(clip.image_features(&pixels, true)?)?
+    };
+    let txt = if texts.is_empty() {
+        Vec::new()
+    } else {
+        let n = texts.len() as i64;
+        let l = config.text.context_length;
+        let flat: Vec<i64> = texts.into_iter().flatten().collect();
+        let ids = tch::Tensor::from_slice(&flat).view([n, l]);
+        to_rows(clip.text_features(&ids, true)?)?
+    };
+    Ok((img, txt))
+}
+
+/// Online embedding (`POST /embed` with `texts` / `images`): L2-normalised vectors in input
+/// order, one device batch per request.
+pub async fn embed_online(
+    worker: &Worker,
+    model: &Model,
+    texts: Vec<String>,
+    images: Vec<Vec<u8>>,
+) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    let dir = model_dir(worker, model).await?;
+    let prepared = Arc::new(prepare(dir).await?);
+    let codec = prepared.codec.clone();
+    let (pixels, ids) = tokio::task::spawn_blocking(move || {
+        use rayon::prelude::*;
+        let pixels = images
+            .par_iter()
+            .enumerate()
+            .map(|(i, b)| {
+                codec
+                    .image(b, &format!("images[{i}]"))
+                    .map_err(|e| WorkerError::input(format!("images[{i}]"), e))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let ids: Vec<Vec<i64>> = texts.iter().map(|t| codec.tokens(t)).collect();
+        Ok::<_, WorkerError>((pixels, ids))
+    })
+    .await
+    .map_err(|e| WorkerError::Internal(format!("preprocessing: {e}")))??;
+    let p = prepared.clone();
+    let (img, txt) = worker
+        .device
+        .run(move |dev| features(dev, &p.dir, &p.config, pixels, ids))
+        .await??;
+    Ok((txt, img))
+}
+
+/// The local weights of a model outside an execution (online requests, search).
+pub async fn model_dir(worker: &Worker, model: &Model) -> Result<PathBuf> {
+    local_weights_for(worker, model).await
+}

@@ -1,0 +1,245 @@
+//! The template's nodes as functions of a Dataloop-style input object.
+//!
+//! Entity inputs come the way Dataloop's FaaS delivers them: `{"model_id": ...}`,
+//! `{"dataset_id": ...}`, `{"item_id": ...}`, or a bare id (or name) string. Every node
+//! checks its whole input before doing anything ([`validate_input`]), so a bad input is a
+//! 422 at submission rather than a failed execution.
+
+mod create_model;
+pub mod embed;
+mod train;
+mod update_variable;
+
+use crate::error::{Result, WorkerError};
+use crate::executions::{Function, NodeCtx};
+use serde_json::{Map, Value};
+
+pub use create_model::CreateModelInput;
+pub use embed::{EmbedInput, EmbedTarget};
+pub use train::TrainInput;
+pub use update_variable::UpdateVariableInput;
+
+/// The variable the template points at the newest trained model.
+pub const NEWEST_MODEL_VARIABLE: &str = "Newest CLIP model";
+pub const BASE_MODEL_VARIABLE: &str = "Base CLIP model";
+pub const DATASET_VARIABLE: &str = "Dataset with captions";
+pub const CONFIG_VARIABLE: &str = "Model config";
+
+/// Checks `input` against what `function` needs.
+pub fn validate_input(function: Function, input: &Value) -> Result<()> {
+    match function {
+        Function::CreateModel => CreateModelInput::parse(input).map(drop),
+        Function::Train => TrainInput::parse(input).map(drop),
+        Function::UpdateVariable => UpdateVariableInput::parse(input).map(drop),
+        Function::Embed => EmbedInput::parse(input).map(drop),
+        Function::Pipeline => crate::pipeline::RunInput::parse(input).map(drop),
+    }
+}
+
+/// Runs one node to its output.
+pub async fn run(function: Function, input: &Value, ctx: &NodeCtx) -> Result<Value> {
+    match function {
+        Function::CreateModel => create_model::run(CreateModelInput::parse(input)?, ctx).await,
+        Function::Train => train::run(TrainInput::parse(input)?, ctx).await,
+        Function::UpdateVariable => {
+            update_variable::run(UpdateVariableInput::parse(input)?, ctx).await
+        }
+        Function::Embed => embed::run(EmbedInput::parse(input)?, ctx).await,
+        Function::Pipeline => {
+            crate::pipeline::run(crate::pipeline::RunInput::parse(input)?, ctx).await
+        }
+    }
+}
+
+/// The input object (`null` counts as empty).
+pub(crate) fn object(input: &Value) -> Result<Map<String, Value>> {
+    match input {
+        Value::Object(m) => Ok(m.clone()),
+        Value::Null => Ok(Map::new()),
+        other => Err(WorkerError::input(
+            "input",
+            format!("must be a JSON object of named inputs, got {other}"),
+        )),
+    }
+}
+
+/// An entity reference: a bare id/name string, or an object with one of `keys` (or `id`).
+pub(crate) fn entity_ref(value: &Value, field: &str, keys: &[&str]) -> Result<String> {
+    let found = match value {
+        Value::String(s) => Some(s.trim().to_string()),
+        Value::Object(m) => keys
+            .iter()
+            .chain(["id"].iter())
+            .find_map(|k| m.get(*k).and_then(Value::as_str))
+            .map(|s| s.trim().to_string()),
+        _ => None,
+    };
+    match found {
+        Some(s) if !s.is_empty() => Ok(s),
+        _ => Err(WorkerError::input(
+            field,
+            format!(
+                "expected an id string or an object with {} (got {value})",
+                keys.iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ),
+        )),
+    }
+}
+
+/// The model named by input `field` (`{"model_id"}` or a string).
+pub fn model_input(input: &Value, field: &str) -> Result<String> {
+    let map = object(input)?;
+    let v = map
+        .get(field)
+        .ok_or_else(|| WorkerError::input(field, "missing"))?;
+    entity_ref(v, field, &["model_id"])
+}
+
+/// An optional JSON object input (a config); `null` or absent is `None`.
+pub(crate) fn optional_object(
+    map: &Map<String, Value>,
+    names: &[&str],
+) -> Result<Option<Map<String, Value>>> {
+    for name in names {
+        match map.get(*name) {
+            None | Some(Value::Null) => continue,
+            Some(Value::Object(o)) => return Ok(Some(o.clone())),
+            // Dataloop's Json ports sometimes carry the object as a JSON string.
+            Some(Value::String(s)) => {
+                return match serde_json::from_str::<Value>(s) {
+                    Ok(Value::Object(o)) => Ok(Some(o)),
+                    _ => Err(WorkerError::input(*name, "must be a JSON object")),
+                }
+            }
+            Some(other) => {
+                return Err(WorkerError::input(
+                    *name,
+                    format!("must be a JSON object, got {other}"),
+                ))
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Rejects input names a node does not know, so that typos are not silently ignored.
+pub(crate) fn reject_unknown(map: &Map<String, Value>, known: &[&str]) -> Result<()> {
+    for k in map.keys() {
+        if !known.contains(&k.as_str()) {
+            return Err(WorkerError::input(
+                k.clone(),
+                format!(
+                    "unknown input; this node takes {}",
+                    known
+                        .iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The model's weights as a local native checkpoint directory, downloaded once per model
+/// (a marker records which artifacts the directory holds; a changed list downloads again).
+pub(crate) async fn local_weights(
+    ctx: &NodeCtx,
+    model: &cliptune_store::Model,
+) -> Result<std::path::PathBuf> {
+    local_weights_for(&ctx.worker, model).await
+}
+
+pub(crate) async fn local_weights_for(
+    worker: &crate::executions::Worker,
+    model: &cliptune_store::Model,
+) -> Result<std::path::PathBuf> {
+    if model.artifacts.is_empty() {
+        return Err(WorkerError::input(
+            "model",
+            format!(
+                "model {} ({}) has no weights yet (status {})",
+                model.name,
+                model.id,
+                model.status.as_str()
+            ),
+        ));
+    }
+    // One download at a time: concurrent requests for the same model share the result.
+    static DOWNLOADS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _guard = DOWNLOADS.lock().await;
+    let root = worker.work_dir.join("models");
+    let dir = root.join(&model.id);
+    let marker = dir.join(".artifacts.json");
+    let expected = serde_json::to_vec(&model.artifacts).expect("artifacts serialize");
+    if std::fs::read(&marker).is_ok_and(|m| m == expected) {
+        return Ok(dir);
+    }
+    let tmp = root.join(format!(".{}.{}.tmp", model.id, std::process::id()));
+    let io = |p: &std::path::Path, e: std::io::Error| {
+        WorkerError::Internal(format!("{}: {e}", p.display()))
+    };
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    worker
+        .platform()
+        .download_artifacts(&model.id, &tmp)
+        .await?;
+    if let Err(e) = cliptune_clip::checkpoint::detect(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(WorkerError::input(
+            "model",
+            format!(
+                "the artifacts of model {} are not a checkpoint: {e}",
+                model.id
+            ),
+        ));
+    }
+    std::fs::write(tmp.join(".artifacts.json"), &expected).map_err(|e| io(&tmp, e))?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| io(&dir, e))?;
+    }
+    std::fs::rename(&tmp, &dir).map_err(|e| io(&dir, e))?;
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn entity_refs_in_every_dataloop_form() {
+        let id = "0123456789abcdef01234567";
+        for v in [json!(id), json!({"model_id": id}), json!({"id": id})] {
+            assert_eq!(entity_ref(&v, "model", &["model_id"]).unwrap(), id);
+        }
+        let err = entity_ref(&json!(3), "model", &["model_id"]).unwrap_err();
+        assert!(err.to_string().contains("`model`"), "{err}");
+        assert!(entity_ref(&json!({"dataset_id": id}), "model", &["model_id"]).is_err());
+        assert!(entity_ref(&json!(""), "model", &["model_id"]).is_err());
+    }
+
+    #[test]
+    fn inputs_are_checked_before_running() {
+        assert!(validate_input(Function::Train, &json!({})).is_err());
+        assert!(validate_input(Function::Train, &json!({"model": {"model_id": "m"}})).is_ok());
+        let err = validate_input(Function::Train, &json!({"model": "m", "modle": 1})).unwrap_err();
+        assert_eq!(err.error_type(), "validation");
+        assert!(err.to_string().contains("modle"), "{err}");
+        assert!(validate_input(Function::Embed, &json!({"dataset_id": "d"})).is_ok());
+        assert!(validate_input(Function::Embed, &json!({"items": [{"item_id": "i"}]})).is_ok());
+        assert!(validate_input(Function::Embed, &json!({"items": []})).is_err());
+        assert!(validate_input(
+            Function::CreateModel,
+            &json!({"base_model": "b", "dataset": "d", "model_config": "not json"})
+        )
+        .is_err());
+    }
+}
