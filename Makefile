@@ -4,7 +4,7 @@
 CUDA ?= 0
 CARGO ?= cargo
 
-.PHONY: setup build run test bench-forward bench-preprocess fixtures check-tools
+.PHONY: setup build run test browser-test bench-forward bench-preprocess fixtures check-tools
 
 check-tools:
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
@@ -25,6 +25,11 @@ run: build
 ## Every test (unit, parity, integration, end to end).
 test: setup
 	$(CARGO) test --workspace
+	CARGO=$(CARGO) scripts/browser-test.sh
+
+## The search page in headless Chromium (installs Debian's chromium when missing).
+browser-test: setup
+	CARGO=$(CARGO) scripts/browser-test.sh
 
 ## Forward throughput vs PyTorch/open_clip (needs the Python reference venv).
 bench-forward: setup

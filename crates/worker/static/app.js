@@ -308,7 +308,8 @@ function chart(figure, series) {
     g.append(svg("line", { class: "grid-line", x1: L, x2: W - R, y1: sy(t), y2: sy(t) }));
     g.append(svg("text", { x: L - 6, y: sy(t) + 4, "text-anchor": "end", text: String(+t.toFixed(4)) }));
   }
-  for (const t of niceTicks(x0, x1, 6).filter((t) => Number.isInteger(t) || x1 - x0 < 6)) {
+  const integerX = xs.every(Number.isInteger);
+  for (const t of niceTicks(x0, x1, 6).filter((t) => !integerX || Number.isInteger(t))) {
     g.append(svg("text", { x: sx(t), y: H - B + 16, "text-anchor": "middle", text: String(t) }));
   }
   g.append(svg("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B }));
