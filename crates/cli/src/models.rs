@@ -329,31 +329,37 @@ pub fn resolve(ctx: &Ctx, model: &str) -> Result<PathBuf> {
             m.status.as_str()
         );
     }
-    let cache = ctx.home.join("cache").join("models").join(&m.id);
-    // The marker lists the artifacts (paths and hashes): a changed model is fetched again.
+    let models = ctx.home.join("cache").join("models");
+    let cache = models.join(&m.id);
+    // The marker (beside the folder, so it never becomes an artifact itself) lists the
+    // artifacts with their hashes: a model whose artifacts changed is fetched again.
     let marker_text = serde_json::to_string(&m.artifacts)?;
-    let marker = cache.join(".cliptune-artifacts.json");
-    if std::fs::read_to_string(&marker).is_ok_and(|t| t == marker_text) {
+    let marker = models.join(format!("{}.artifacts.json", m.id));
+    let fresh =
+        || std::fs::read_to_string(&marker).is_ok_and(|t| t == marker_text) && cache.is_dir();
+    if fresh() {
         return Ok(cache);
     }
     let partial = scratch_dir(ctx, "download")?;
     block_on(store.download_artifacts(&m.id, &partial))
         .with_context(|| format!("downloading the artifacts of model {}", m.name))?;
-    std::fs::write(partial.join(".cliptune-artifacts.json"), &marker_text)?;
+    std::fs::create_dir_all(&models)?;
+    let _ = std::fs::remove_file(&marker);
     if cache.exists() {
         std::fs::remove_dir_all(&cache)
             .with_context(|| format!("replacing {}", cache.display()))?;
     }
-    if let Some(parent) = cache.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
     if let Err(e) = std::fs::rename(&partial, &cache) {
         let _ = std::fs::remove_dir_all(&partial);
         // Another process may have finished the same download first.
-        if !std::fs::read_to_string(&marker).is_ok_and(|t| t == marker_text) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        if !fresh() {
             return Err(e).with_context(|| format!("moving the download into {}", cache.display()));
         }
+        return Ok(cache);
     }
+    std::fs::write(&marker, &marker_text)
+        .with_context(|| format!("writing {}", marker.display()))?;
     Ok(cache)
 }
 
