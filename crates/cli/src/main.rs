@@ -5,10 +5,12 @@
 
 mod datasets;
 mod embed;
+mod features;
 mod items;
 mod models;
 mod output;
 mod pipeline;
+mod search;
 mod serve;
 mod preprocess;
 mod tokenize;
@@ -67,6 +69,13 @@ enum Command {
     Embed(embed::EmbedArgs),
     /// Serve the pipeline nodes, executions and pipelines over HTTP.
     Serve(serve::ServeArgs),
+    /// Search a dataset with a text or an image (top-k items by cosine, with scores).
+    ///
+    /// Example: cliptune search --dataset photos --model clip-ft --text "a dog on a beach" -k 5
+    Search(search::SearchArgs),
+    /// Export a model's vectors of a dataset (clip-retrieval's layout).
+    #[command(subcommand)]
+    Features(features::FeaturesCommand),
     /// Install and run the fine-tuning pipeline template.
     #[command(subcommand)]
     Pipeline(pipeline::PipelineCommand),
@@ -107,6 +116,8 @@ fn main() {
         Command::Preprocess(args) => preprocess::run(&ctx, args),
         Command::Embed(args) => embed::run(&ctx, args),
         Command::Serve(args) => serve::run(&ctx, args),
+        Command::Search(args) => search::run(&ctx, args),
+        Command::Features(cmd) => features::run(&ctx, cmd),
         Command::Pipeline(cmd) => pipeline::run(&ctx, cmd),
         Command::Demo(cmd) => pipeline::demo(&ctx, cmd),
         Command::Datasets(cmd) => datasets::run(&ctx, cmd),
