@@ -51,7 +51,10 @@ impl OnlineConfig {
                 Err(_) => Ok(None),
                 Ok(v) => match v.trim().parse::<usize>() {
                     Ok(n) if n > 0 => Ok(Some(n)),
-                    _ => Err(WorkerError::input(name, format!("{v:?} is not a positive integer"))),
+                    _ => Err(WorkerError::input(
+                        name,
+                        format!("{v:?} is not a positive integer"),
+                    )),
                 },
             }
         };
@@ -260,9 +263,9 @@ impl Batcher {
         });
         tx.send(job)
             .map_err(|_| WorkerError::Unavailable("the online batch loop has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| WorkerError::Unavailable("the online batch loop dropped a request".into()))?
+        answer.await.map_err(|_| {
+            WorkerError::Unavailable("the online batch loop dropped a request".into())
+        })?
     }
 }
 
@@ -351,7 +354,11 @@ async fn batch_loop(
         }
         match result {
             Ok((img, txt)) => {
-                for ((qi, ii), v) in image_slots.into_iter().zip(img).chain(text_slots.into_iter().zip(txt)) {
+                for ((qi, ii), v) in image_slots
+                    .into_iter()
+                    .zip(img)
+                    .chain(text_slots.into_iter().zip(txt))
+                {
                     queue[qi].out[ii] = v;
                     queue[qi].done += 1;
                 }

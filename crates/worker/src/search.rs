@@ -54,11 +54,17 @@ pub async fn feature_set(platform: &dyn Platform, model: &Model) -> Result<Featu
 /// Checks `k` and the filter's shape before any work.
 pub fn check_query(k: usize, filter: Option<&Value>, dataset: Option<&str>) -> Result<()> {
     if k == 0 || k > MAX_K {
-        return Err(WorkerError::input("k", format!("{k} is not in 1..={MAX_K}")));
+        return Err(WorkerError::input(
+            "k",
+            format!("{k} is not in 1..={MAX_K}"),
+        ));
     }
     if let Some(f) = filter {
         if !f.is_object() {
-            return Err(WorkerError::input("filter", format!("must be a DQL filter object, got {f}")));
+            return Err(WorkerError::input(
+                "filter",
+                format!("must be a DQL filter object, got {f}"),
+            ));
         }
         if dataset.is_none() {
             return Err(WorkerError::input("filter", "a filter needs a dataset"));

@@ -68,8 +68,18 @@ async fn search_page_in_headless_chromium() {
         };
         let mut out = String::new();
         let mut err = String::new();
-        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
         (status, out, err)
     });
     let (status, out, err) = run.await.unwrap();
@@ -86,12 +96,41 @@ async fn search_page_in_headless_chromium() {
         .json()
         .await
         .unwrap();
-    let api_items: Vec<&str> = api["results"].as_array().unwrap().iter().map(|h| h["item_id"].as_str().unwrap()).collect();
-    let page_items: Vec<&str> = summary["single"]["items"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    assert_eq!(page_items, api_items, "the page shows the API's results in order");
-    let page_scores: Vec<String> = summary["single"]["scores"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
-    let api_scores: Vec<String> = api["results"].as_array().unwrap().iter().map(|h| format!("{:.3}", h["score"].as_f64().unwrap())).collect();
+    let api_items: Vec<&str> = api["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["item_id"].as_str().unwrap())
+        .collect();
+    let page_items: Vec<&str> = summary["single"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        page_items, api_items,
+        "the page shows the API's results in order"
+    );
+    let page_scores: Vec<String> = summary["single"]["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let api_scores: Vec<String> = api["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| format!("{:.3}", h["score"].as_f64().unwrap()))
+        .collect();
     assert_eq!(page_scores, api_scores);
-    assert!(summary["url"].as_str().unwrap().contains("q=a+small+red+circle"), "the query is kept in the URL: {summary}");
+    assert!(
+        summary["url"]
+            .as_str()
+            .unwrap()
+            .contains("q=a+small+red+circle"),
+        "the query is kept in the URL: {summary}"
+    );
     f.stop().await;
 }

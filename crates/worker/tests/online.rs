@@ -21,7 +21,13 @@ fn vectors(v: &Value) -> Vec<Vec<f32>> {
     v.as_array()
         .unwrap()
         .iter()
-        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
         .collect()
 }
 
@@ -68,7 +74,11 @@ async fn embed_search_and_page_api() {
     let reference = Reference::load(&*f.store, &f.base.id, &f.dir.path().join("ref-base")).await;
 
     // ---- POST /embed: texts, images and item ids, in input order, as computed one by one.
-    let texts = ["a red circle", "a small blue square on the right of a noisy picture", "x"];
+    let texts = [
+        "a red circle",
+        "a small blue square on the right of a noisy picture",
+        "x",
+    ];
     let img0 = std::fs::read(&shapes[0].0).unwrap();
     let img1 = std::fs::read(&shapes[1].0).unwrap();
     let items = f.store.all_items(&f.dataset.id, None).await.unwrap();
@@ -81,48 +91,101 @@ async fn embed_search_and_page_api() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    for h in ["server-timing", "x-queue-ms", "x-device-ms", "x-preprocess-ms", "x-total-ms", "x-batch-inputs"] {
+    for h in [
+        "server-timing",
+        "x-queue-ms",
+        "x-device-ms",
+        "x-preprocess-ms",
+        "x-total-ms",
+        "x-batch-inputs",
+    ] {
         assert!(r.headers().contains_key(h), "missing timing header {h}");
     }
-    assert!(r.headers()["server-timing"].to_str().unwrap().contains("device;dur="));
+    assert!(r.headers()["server-timing"]
+        .to_str()
+        .unwrap()
+        .contains("device;dur="));
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["model_id"], json!(f.base.id));
     let got_texts = vectors(&body["texts"]);
     let got_images = vectors(&body["images"]);
     let got_items = vectors(&body["items"]);
-    assert_eq!((got_texts.len(), got_images.len(), got_items.len()), (3, 2, 1));
+    assert_eq!(
+        (got_texts.len(), got_images.len(), got_items.len()),
+        (3, 2, 1)
+    );
     for (t, v) in texts.iter().zip(&got_texts) {
-        assert!(close(v, &reference.text(t), 1e-4), "text {t:?} differs from its one-by-one full-context vector");
+        assert!(
+            close(v, &reference.text(t), 1e-4),
+            "text {t:?} differs from its one-by-one full-context vector"
+        );
         let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-4, "not normalized: {norm}");
     }
     assert!(close(&got_images[0], &reference.image(&img0), 1e-4));
     assert!(close(&got_images[1], &reference.image(&img1), 1e-4));
-    assert!(!close(&got_images[0], &got_images[1], 1e-3), "two different images gave the same vector");
-    let set = cliptune_worker::search::feature_set(&*f.store, &f.base).await.unwrap();
+    assert!(
+        !close(&got_images[0], &got_images[1], 1e-3),
+        "two different images gave the same vector"
+    );
+    let set = cliptune_worker::search::feature_set(&*f.store, &f.base)
+        .await
+        .unwrap();
     let stored = f.store.get_vector(&set.id, &item.id).await.unwrap();
-    assert_eq!(got_items[0], stored.value, "an embedded item answers its stored vector");
+    assert_eq!(
+        got_items[0], stored.value,
+        "an embedded item answers its stored vector"
+    );
 
     // The default model is the pipeline's "Newest CLIP model".
-    let r = http.post(url("/embed")).json(&json!({"texts": ["a cross"]})).send().await.unwrap();
+    let r = http
+        .post(url("/embed"))
+        .json(&json!({"texts": ["a cross"]}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<Value>().await.unwrap()["model_id"], json!(f.tuned.id));
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["model_id"],
+        json!(f.tuned.id)
+    );
 
     // Bad inputs name the field.
-    let r = http.post(url("/embed")).json(&json!({"images": ["not base64!"], "model_id": f.base.id})).send().await.unwrap();
+    let r = http
+        .post(url("/embed"))
+        .json(&json!({"images": ["not base64!"], "model_id": f.base.id}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 422);
     assert!(r.text().await.unwrap().contains("images[0]"));
-    let r = http.post(url("/embed")).json(&json!({"images": [b64(b"not an image")], "model_id": f.base.id})).send().await.unwrap();
+    let r = http
+        .post(url("/embed"))
+        .json(&json!({"images": [b64(b"not an image")], "model_id": f.base.id}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 422);
-    let r = http.post(url("/embed")).json(&json!({"item_ids": ["0123456789abcdef01234567"], "model_id": f.base.id})).send().await.unwrap();
+    let r = http
+        .post(url("/embed"))
+        .json(&json!({"item_ids": ["0123456789abcdef01234567"], "model_id": f.base.id}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 
     // ---- Dynamic batching: with the device busy, concurrent requests share batches and
     // each still gets its own vector.
     let device = f.worker.device.clone();
-    let busy = tokio::spawn(async move { device.run(|_| std::thread::sleep(Duration::from_millis(400))).await });
+    let busy = tokio::spawn(async move {
+        device
+            .run(|_| std::thread::sleep(Duration::from_millis(400)))
+            .await
+    });
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let queries: Vec<String> = (0..24).map(|i| format!("shape number {i} in {}", ["red", "green", "blue"][i % 3])).collect();
+    let queries: Vec<String> = (0..24)
+        .map(|i| format!("shape number {i} in {}", ["red", "green", "blue"][i % 3]))
+        .collect();
     let answers = futures_join(queries.iter().map(|q| {
         let http = http.clone();
         let u = url("/embed");
@@ -134,12 +197,22 @@ async fn embed_search_and_page_api() {
     let mut largest = 0usize;
     for (q, r) in queries.iter().zip(answers) {
         assert_eq!(r.status(), 200);
-        let inputs: usize = r.headers()["x-batch-inputs"].to_str().unwrap().parse().unwrap();
+        let inputs: usize = r.headers()["x-batch-inputs"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         largest = largest.max(inputs);
         let v = vectors(&r.json::<Value>().await.unwrap()["texts"]);
-        assert!(close(&v[0], &reference.text(q), 1e-4), "{q:?} got another request's vector");
+        assert!(
+            close(&v[0], &reference.text(q), 1e-4),
+            "{q:?} got another request's vector"
+        );
     }
-    assert!(largest > 1, "requests queued behind a busy device must share a batch (largest batch {largest})");
+    assert!(
+        largest > 1,
+        "requests queued behind a busy device must share a batch (largest batch {largest})"
+    );
 
     // ---- POST /search
     let r = http
@@ -149,21 +222,42 @@ async fn embed_search_and_page_api() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["server-timing"].to_str().unwrap().contains("search;dur="));
+    assert!(r.headers()["server-timing"]
+        .to_str()
+        .unwrap()
+        .contains("search;dur="));
     let body: Value = r.json().await.unwrap();
     let results = body["results"].as_array().unwrap();
     assert_eq!(results.len(), 5);
     assert_eq!(body["query"], "text");
-    let scores: Vec<f64> = results.iter().map(|h| h["score"].as_f64().unwrap()).collect();
-    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "not best first: {scores:?}");
+    let scores: Vec<f64> = results
+        .iter()
+        .map(|h| h["score"].as_f64().unwrap())
+        .collect();
+    assert!(
+        scores.windows(2).all(|w| w[0] >= w[1]),
+        "not best first: {scores:?}"
+    );
     let qv = reference.text(&shapes[0].1);
     for (i, h) in results.iter().enumerate() {
         assert_eq!(h["rank"], json!(i + 1));
         assert!(h["name"].is_string() && h["caption"].is_string(), "{h}");
-        assert_eq!(h["image_item_id"], h["item_id"], "an image item shows itself");
-        let v = f.store.get_vector(&set.id, h["item_id"].as_str().unwrap()).await.unwrap().value;
+        assert_eq!(
+            h["image_item_id"], h["item_id"],
+            "an image item shows itself"
+        );
+        let v = f
+            .store
+            .get_vector(&set.id, h["item_id"].as_str().unwrap())
+            .await
+            .unwrap()
+            .value;
         let cos: f32 = v.iter().zip(&qv).map(|(a, b)| a * b).sum();
-        assert!((cos as f64 - scores[i]).abs() < 1e-4, "score {} is not the cosine {cos}", scores[i]);
+        assert!(
+            (cos as f64 - scores[i]).abs() < 1e-4,
+            "score {} is not the cosine {cos}",
+            scores[i]
+        );
     }
     // Every other item scores at most the 5th.
     for it in &items {
@@ -172,7 +266,11 @@ async fn embed_search_and_page_api() {
         }
         let v = f.store.get_vector(&set.id, &it.id).await.unwrap().value;
         let cos: f32 = v.iter().zip(&qv).map(|(a, b)| a * b).sum();
-        assert!(cos as f64 <= scores[4] + 1e-5, "{} scores {cos} but is not in the top 5", it.name);
+        assert!(
+            cos as f64 <= scores[4] + 1e-5,
+            "{} scores {cos} but is not in the top 5",
+            it.name
+        );
     }
 
     // An image identical to an item finds that item first, at cosine 1.
@@ -204,23 +302,46 @@ async fn embed_search_and_page_api() {
     // A DQL filter narrows the candidates to the matching items.
     let r = http
         .post(url("/search"))
-        .json(&json!({"text": "red", "model_id": f.base.id, "dataset_id": f.dataset.id, "k": 10,
-                      "filter": {"name": file0}}))
+        .json(
+            &json!({"text": "red", "model_id": f.base.id, "dataset_id": f.dataset.id, "k": 10,
+                      "filter": {"name": file0}}),
+        )
         .send()
         .await
         .unwrap();
     let body: Value = r.json().await.unwrap();
-    let names: Vec<&str> = body["results"].as_array().unwrap().iter().map(|h| h["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, vec![file0]);
 
     // Errors.
     for (bad, field, code) in [
         (json!({"text": "a", "k": 0}), "k", 422),
-        (json!({"text": "a", "image": b64(&img0)}), "exactly one", 422),
+        (
+            json!({"text": "a", "image": b64(&img0)}),
+            "exactly one",
+            422,
+        ),
         (json!({"text": "a", "filter": {"name": "x"}}), "filter", 422),
-        (json!({"text": "a", "model_id": "no-such-model"}), "no-such-model", 404),
-        (json!({"text": "a", "dataset_id": "no-such-dataset"}), "no-such-dataset", 404),
-        (json!({"text": "a", "model_id": f.base.id, "dataset_id": f.dataset.id, "filter": {"$bogus": 1}}), "$bogus", 422),
+        (
+            json!({"text": "a", "model_id": "no-such-model"}),
+            "no-such-model",
+            404,
+        ),
+        (
+            json!({"text": "a", "dataset_id": "no-such-dataset"}),
+            "no-such-dataset",
+            404,
+        ),
+        (
+            json!({"text": "a", "model_id": f.base.id, "dataset_id": f.dataset.id, "filter": {"$bogus": 1}}),
+            "$bogus",
+            422,
+        ),
         (json!({"txt": "a"}), "txt", 422),
     ] {
         let r = http.post(url("/search")).json(&bad).send().await.unwrap();
@@ -232,26 +353,66 @@ async fn embed_search_and_page_api() {
     // ---- The page and what it reads.
     let r = http.get(url("/")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
     let html = r.text().await.unwrap();
     assert!(html.contains("id=\"search-form\"") && html.contains("/ui/app.js"));
-    for (path, kind) in [("/ui/app.js", "javascript"), ("/ui/style.css", "css"), ("/training", "html")] {
+    for (path, kind) in [
+        ("/ui/app.js", "javascript"),
+        ("/ui/style.css", "css"),
+        ("/training", "html"),
+    ] {
         let r = http.get(url(path)).send().await.unwrap();
         assert_eq!(r.status(), 200, "{path}");
-        assert!(r.headers()["content-type"].to_str().unwrap().contains(kind), "{path}");
+        assert!(
+            r.headers()["content-type"].to_str().unwrap().contains(kind),
+            "{path}"
+        );
     }
-    let list: Value = http.get(url("/models")).send().await.unwrap().json().await.unwrap();
+    let list: Value = http
+        .get(url("/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["default_model_id"], json!(f.tuned.id));
-    let tuned = list["models"].as_array().unwrap().iter().find(|m| m["id"] == json!(f.tuned.id)).unwrap();
+    let tuned = list["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == json!(f.tuned.id))
+        .unwrap();
     assert_eq!(tuned["base_model_id"], json!(f.base.id));
     assert!(tuned["feature_set_id"].is_string());
-    let datasets: Value = http.get(url("/datasets")).send().await.unwrap().json().await.unwrap();
+    let datasets: Value = http
+        .get(url("/datasets"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(datasets[0]["name"], "shapes");
     assert_eq!(datasets[0]["items_count"], json!(20));
-    let metrics: Value = http.get(url(&format!("/models/{}/metrics", f.tuned.name))).send().await.unwrap().json().await.unwrap();
+    let metrics: Value = http
+        .get(url(&format!("/models/{}/metrics", f.tuned.name)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(metrics["model"]["id"], json!(f.tuned.id));
     assert!(metrics["samples"].is_array());
-    let r = http.get(url(&format!("/items/{}/stream", items[0].id))).send().await.unwrap();
+    let r = http
+        .get(url(&format!("/items/{}/stream", items[0].id)))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "image/png");
     let want = f.store.item_bytes(&items[0].id).await.unwrap();

@@ -61,7 +61,11 @@ impl Online {
     }
 
     /// The model to use (given, else the pipeline's "Newest CLIP model"), ready for inference.
-    pub async fn model(&self, model: Option<&str>, pipeline: Option<&str>) -> Result<Arc<OnlineModel>> {
+    pub async fn model(
+        &self,
+        model: Option<&str>,
+        pipeline: Option<&str>,
+    ) -> Result<Arc<OnlineModel>> {
         let m = resolve_model(self.platform(), model, pipeline, None).await?;
         self.prepare(&m).await
     }
@@ -90,7 +94,12 @@ impl Online {
     }
 
     /// Vectors of `inputs` through the batcher.
-    async fn run(&self, permit: &Permit, model: &Arc<OnlineModel>, inputs: Vec<Input>) -> Result<(Vec<Vec<f32>>, Timing)> {
+    async fn run(
+        &self,
+        permit: &Permit,
+        model: &Arc<OnlineModel>,
+        inputs: Vec<Input>,
+    ) -> Result<(Vec<Vec<f32>>, Timing)> {
         self.batcher.embed(permit, model.clone(), inputs).await
     }
 }
@@ -108,7 +117,9 @@ fn decode_images(images: &[String], field: &str) -> Result<Vec<Vec<u8>>> {
             };
             base64::engine::general_purpose::STANDARD
                 .decode(b)
-                .map_err(|e| WorkerError::input(format!("{field}[{i}]"), format!("not base64: {e}")))
+                .map_err(|e| {
+                    WorkerError::input(format!("{field}[{i}]"), format!("not base64: {e}"))
+                })
         })
         .collect()
 }
@@ -125,8 +136,9 @@ async fn preprocess(
         let images = images
             .par_iter()
             .map(|(field, bytes)| {
-                m.image(bytes, field)
-                    .map_err(|e| WorkerError::input(field.clone(), format!("not a usable image: {e}")))
+                m.image(bytes, field).map_err(|e| {
+                    WorkerError::input(field.clone(), format!("not a usable image: {e}"))
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         let texts = texts.iter().map(|t| m.text(t)).collect();
@@ -137,7 +149,10 @@ async fn preprocess(
 }
 
 /// An item's own input: its image, or for text and prompt items their caption's text.
-async fn item_input(platform: &dyn Platform, item: &cliptune_store::Item) -> std::result::Result<ItemContent, String> {
+async fn item_input(
+    platform: &dyn Platform,
+    item: &cliptune_store::Item,
+) -> std::result::Result<ItemContent, String> {
     match item.kind() {
         ItemKind::Image => platform
             .item_bytes(&item.id)
@@ -169,7 +184,13 @@ fn ms(d: std::time::Duration) -> f64 {
 }
 
 /// `Server-Timing` and `x-*-ms` headers of an online request.
-fn timing_headers(headers: &mut HeaderMap, prep_ms: f64, timing: &Timing, extra: &[(&str, f64)], total_ms: f64) {
+fn timing_headers(
+    headers: &mut HeaderMap,
+    prep_ms: f64,
+    timing: &Timing,
+    extra: &[(&str, f64)],
+    total_ms: f64,
+) {
     let mut parts = vec![
         format!("prep;dur={prep_ms:.2}"),
         format!("queue;dur={:.2}", ms(timing.queue)),
@@ -199,7 +220,10 @@ pub async fn embed(online: &Online, request: OnlineEmbedRequest) -> Result<Respo
     let permit = online.batcher.admit()?;
     let n = request.texts.len() + request.images.len() + request.item_ids.len();
     if n == 0 {
-        return Err(WorkerError::input("texts", "give at least one text, image or item id"));
+        return Err(WorkerError::input(
+            "texts",
+            "give at least one text, image or item id",
+        ));
     }
     if n > MAX_INPUTS {
         return Err(WorkerError::input(
@@ -230,7 +254,9 @@ pub async fn embed(online: &Online, request: OnlineEmbedRequest) -> Result<Respo
     for (i, id) in request.item_ids.iter().enumerate() {
         let field = format!("item_ids[{i}]");
         let item = platform.get_item(id).await.map_err(|e| match e {
-            StoreError::NotFound { .. } => WorkerError::NotFound(format!("{field}: no item {id:?}")),
+            StoreError::NotFound { .. } => {
+                WorkerError::NotFound(format!("{field}: no item {id:?}"))
+            }
             e => e.into(),
         })?;
         if let Some(fs) = &set {
@@ -274,10 +300,17 @@ pub async fn embed(online: &Online, request: OnlineEmbedRequest) -> Result<Respo
     let item_text_vecs = vectors.split_off(n_texts);
     let text_vecs = vectors;
     for (i, is_text, j) in item_slots {
-        let v = if is_text { &item_text_vecs[j] } else { &item_image_vecs[j] };
+        let v = if is_text {
+            &item_text_vecs[j]
+        } else {
+            &item_image_vecs[j]
+        };
         item_vectors[i] = Some(v.clone());
     }
-    let items: Vec<Vec<f32>> = item_vectors.into_iter().map(Option::unwrap_or_default).collect();
+    let items: Vec<Vec<f32>> = item_vectors
+        .into_iter()
+        .map(Option::unwrap_or_default)
+        .collect();
     let total_ms = ms(permit.admitted.elapsed());
     let mut response = Json(OnlineEmbedResponse {
         model_id: model.id.clone(),
@@ -364,13 +397,30 @@ pub async fn search(
     JsonBody(request): JsonBody<SearchRequest>,
 ) -> Result<Response> {
     let permit = online.batcher.admit()?;
-    let given = [request.text.is_some(), request.image.is_some(), request.item_id.is_some()];
+    let given = [
+        request.text.is_some(),
+        request.image.is_some(),
+        request.item_id.is_some(),
+    ];
     if given.iter().filter(|g| **g).count() != 1 {
-        return Err(WorkerError::input("text", "give exactly one of `text`, `image` and `item_id`"));
+        return Err(WorkerError::input(
+            "text",
+            "give exactly one of `text`, `image` and `item_id`",
+        ));
     }
-    search::check_query(request.k, request.filter.as_ref(), request.dataset_id.as_deref())?;
+    search::check_query(
+        request.k,
+        request.filter.as_ref(),
+        request.dataset_id.as_deref(),
+    )?;
     let platform = online.platform();
-    let model = resolve_model(platform, request.model_id.as_deref(), request.pipeline.as_deref(), None).await?;
+    let model = resolve_model(
+        platform,
+        request.model_id.as_deref(),
+        request.pipeline.as_deref(),
+        None,
+    )
+    .await?;
     let set = search::feature_set(platform, &model).await?;
     let dataset_id = match &request.dataset_id {
         Some(d) => Some(platform.resolve_dataset(d).await?.id),
@@ -380,13 +430,19 @@ pub async fn search(
     let mut prep_ms = 0.0;
     let mut timing = Timing::default();
     let (vector, query) = if let Some(item) = &request.item_id {
-        let v = platform.get_vector(&set.id, item).await.map_err(|e| match e {
-            StoreError::NotFound { .. } => WorkerError::input(
-                "item_id",
-                format!("item {item:?} has no vector for model {} (not embedded)", model.name),
-            ),
-            e => e.into(),
-        })?;
+        let v = platform
+            .get_vector(&set.id, item)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound { .. } => WorkerError::input(
+                    "item_id",
+                    format!(
+                        "item {item:?} has no vector for model {} (not embedded)",
+                        model.name
+                    ),
+                ),
+                e => e.into(),
+            })?;
         (v.value, "item")
     } else {
         let prepared = online.prepare(&model).await?;
@@ -413,7 +469,15 @@ pub async fn search(
     };
     let embed_ms = search::ms_since(t_embed);
     let t_search = Instant::now();
-    let results = search::nearest(platform, &set, vector, dataset_id.as_deref(), request.k, request.filter).await?;
+    let results = search::nearest(
+        platform,
+        &set,
+        vector,
+        dataset_id.as_deref(),
+        request.k,
+        request.filter,
+    )
+    .await?;
     let search_ms = search::ms_since(t_search);
     let total_ms = ms(permit.admitted.elapsed());
     let mut response = Json(SearchResponse {
@@ -486,7 +550,10 @@ pub async fn list_models(Extension(online): Extension<Arc<Online>>) -> Result<Js
         })
         .collect();
     models.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
-    let default_model_id = resolve_model(platform, None, None, None).await.ok().map(|m| m.id);
+    let default_model_id = resolve_model(platform, None, None, None)
+        .await
+        .ok()
+        .map(|m| m.id);
     Ok(Json(ModelList {
         models,
         default_model_id,
@@ -502,7 +569,9 @@ pub struct DatasetSummary {
 
 #[utoipa::path(get, path = "/datasets", tag = "search", security(("bearer" = [])),
     responses((status = 200, description = "Datasets", body = [DatasetSummary])))]
-pub async fn list_datasets(Extension(online): Extension<Arc<Online>>) -> Result<Json<Vec<DatasetSummary>>> {
+pub async fn list_datasets(
+    Extension(online): Extension<Arc<Online>>,
+) -> Result<Json<Vec<DatasetSummary>>> {
     Ok(Json(
         online
             .platform()
@@ -560,17 +629,31 @@ pub async fn item_stream(
     let mime = item.mimetype().unwrap_or("application/octet-stream");
     // Only types that cannot run script in our origin are shown inline.
     let inline = (mime.starts_with("image/") && mime != "image/svg+xml") || mime == "text/plain";
-    let content_type = if inline { mime } else { "application/octet-stream" };
+    let content_type = if inline {
+        mime
+    } else {
+        "application/octet-stream"
+    };
     let mut response = bytes.into_response();
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+        HeaderValue::from_str(content_type)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
     );
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=300"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=300"),
+    );
     if !inline {
-        h.insert(header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment"));
+        h.insert(
+            header::CONTENT_DISPOSITION,
+            HeaderValue::from_static("attachment"),
+        );
     }
     Ok(response)
 }

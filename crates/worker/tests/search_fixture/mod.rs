@@ -38,7 +38,13 @@ impl Fixture {
     }
 }
 
-async fn register(store: &LocalStore, config: &ClipConfig, seed: u64, dir: &std::path::Path, model: Option<&Model>) -> Model {
+async fn register(
+    store: &LocalStore,
+    config: &ClipConfig,
+    seed: u64,
+    dir: &std::path::Path,
+    model: Option<&Model>,
+) -> Model {
     let clip = Clip::new(config, tch::Device::Cpu, Some(seed)).unwrap();
     let out = dir.join(format!("weights-{seed}"));
     checkpoint::save(&clip, &out).unwrap();
@@ -75,7 +81,9 @@ pub async fn start() -> Fixture {
     let store = Arc::new(LocalStore::open(&home).unwrap());
     let images = dir.path().join("shapes");
     cliptune_worker::demo::write_dataset(&images, 20, 32, 3).unwrap();
-    import(&store, &images, &ImportOptions::new("shapes")).await.unwrap();
+    import(&store, &images, &ImportOptions::new("shapes"))
+        .await
+        .unwrap();
     let dataset = store.dataset_by_name("shapes").await.unwrap();
 
     let config = ClipConfig::from_json(&cliptune_worker::demo::tiny_architecture()).unwrap();
@@ -84,11 +92,16 @@ pub async fn start() -> Fixture {
 
     let manifest_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../dataloop.json");
     let manifest = cliptune_worker::pipeline::read_manifest(Some(&manifest_path)).unwrap();
-    let installed = cliptune_worker::pipeline::install(&*store, &manifest, None, None).await.unwrap();
+    let installed = cliptune_worker::pipeline::install(&*store, &manifest, None, None)
+        .await
+        .unwrap();
     cliptune_worker::pipeline::set_variables(
         &*store,
         &installed.pipeline,
-        &[(cliptune_worker::nodes::NEWEST_MODEL_VARIABLE.to_string(), json!(tuned.id))],
+        &[(
+            cliptune_worker::nodes::NEWEST_MODEL_VARIABLE.to_string(),
+            json!(tuned.id),
+        )],
     )
     .await
     .unwrap();
@@ -100,11 +113,21 @@ pub async fn start() -> Fixture {
     let worker = Worker::start(platform, config, home).await.unwrap();
     for m in [&base, &tuned] {
         let e = worker
-            .submit(Function::Embed, json!({"dataset_id": dataset.id, "model": m.id}), None)
+            .submit(
+                Function::Embed,
+                json!({"dataset_id": dataset.id, "model": m.id}),
+                None,
+            )
             .await
             .unwrap();
         let done = worker.wait(&e.id).await.unwrap();
-        assert_eq!(done.status, ExecutionStatus::Success, "embedding with {}: {:?}", m.name, done.latest_status);
+        assert_eq!(
+            done.status,
+            ExecutionStatus::Success,
+            "embedding with {}: {:?}",
+            m.name,
+            done.latest_status
+        );
     }
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
