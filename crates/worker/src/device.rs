@@ -215,19 +215,27 @@ mod tests {
         let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         let l = log.clone();
-        let long = dev.run_long(move |ctx| {
-            l.lock().unwrap().push("long:start".into());
-            started_tx.send(()).unwrap();
-            go_rx.recv().unwrap();
-            ctx.serve_pending();
-            l.lock().unwrap().push("long:end".into());
-        });
+        let d = dev.clone();
+        let long = async move {
+            d.run_long(move |ctx| {
+                l.lock().unwrap().push("long:start".into());
+                started_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+                ctx.serve_pending();
+                l.lock().unwrap().push("long:end".into());
+            })
+            .await
+        };
         let long = tokio::spawn(long);
         tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
             .await
             .unwrap();
         let l = log.clone();
-        let short = tokio::spawn(dev.run(move |_| l.lock().unwrap().push("short".into())));
+        let d = dev.clone();
+        let short =
+            tokio::spawn(
+                async move { d.run(move |_| l.lock().unwrap().push("short".into())).await },
+            );
         // Wait until the short job is queued before letting the long one reach its step boundary.
         while dev.pending() == 0 {
             tokio::task::yield_now().await;

@@ -8,9 +8,10 @@
 //! platform and starts at once.
 //!
 //! The platform's execution record is the source of truth: a restart finds executions a
-//! previous process left `in-progress` and fails them, or re-queues them when the node is
-//! idempotent (`update-variable`, `embed`, pipeline runs, which resume). Executions that
-//! never started (`created`, `rerun`) are queued again.
+//! previous process left `in-progress` and re-queues them when the node is idempotent
+//! (`train` resumes from its last epoch checkpoint, `embed` skips what has vectors,
+//! `update-variable` sets the same value, pipeline runs reuse finished nodes) or else fails
+//! them (`create-model`). Executions that never started (`created`, `rerun`) are queued again.
 
 use crate::config::WorkerConfig;
 use crate::device::DeviceHandle;
@@ -85,9 +86,14 @@ impl Function {
         }
     }
 
-    /// Running it again after an interruption gives the same result without duplicates.
+    /// Running it again after an interruption gives the same result without duplicates:
+    /// training resumes from its last completed epoch (its run directory is per model),
+    /// embedding skips items that have a vector, a pipeline run reuses finished nodes.
     pub fn idempotent(self) -> bool {
-        matches!(self, Self::UpdateVariable | Self::Embed | Self::Pipeline)
+        matches!(
+            self,
+            Self::Train | Self::UpdateVariable | Self::Embed | Self::Pipeline
+        )
     }
 }
 

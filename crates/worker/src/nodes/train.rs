@@ -197,7 +197,7 @@ async fn train(mut model: Model, input: TrainInput, ctx: &NodeCtx) -> Result<Val
                 Event::Epoch(record) => {
                     let _ = epochs_tx.send(record.clone());
                 }
-                Event::Warning(w) => tracing::warn!(model = %node.execution_id, "{w}"),
+                Event::Warning(w) => tracing::info!(execution = %node.execution_id, "{w}"),
             };
             cliptune_train::run(job, &mut observer, &cancel)
         })

@@ -1,0 +1,473 @@
+//! The whole pipeline over HTTP against a real server and a real SQLite store, a failing
+//! training, the node endpoints, and the API's contract (auth, body limit, error shapes,
+//! the committed OpenAPI document).
+
+mod pipeline_fixture;
+
+use cliptune_store::{ModelStatus, Platform};
+use pipeline_fixture as fx;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+async fn poll(http: &reqwest::Client, url: &str, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let e: Value = http
+            .get(format!("{url}/executions/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let status = e["status"].as_str().unwrap().to_string();
+        if ["success", "failed", "aborted", "canceled", "system-failure"].contains(&status.as_str())
+        {
+            return e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "execution {id} still {status}: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_runs_end_to_end_over_http() {
+    let s = fx::store(40).await;
+    let server = fx::serve(&s, fx::config()).await;
+    let (url, http) = (&server.url, reqwest::Client::new());
+    let pid = &s.pipeline.id;
+
+    // Both body forms of PATCH .../variables; names are stored as ids.
+    let r = http
+        .patch(format!("{url}/pipelines/{pid}/variables"))
+        .json(&json!({"variables": [
+            {"name": "Dataset with captions", "value": "shapes"},
+            {"name": "Base CLIP model", "value": "tiny-base"},
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http
+        .patch(format!("{url}/pipelines/{}/variables", s.pipeline.name))
+        .json(&json!([{"name": "Model config", "value": {"num_epochs": 2, "batch_size": 8, "learning_rate": 5e-4, "eval_batch_size": 16}}]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let p: Value = http
+        .get(format!("{url}/pipelines/{pid}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let var = |p: &Value, n: &str| {
+        p["variables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == n)
+            .unwrap()["value"]
+            .clone()
+    };
+    assert_eq!(var(&p, "Dataset with captions"), json!(s.dataset.id));
+    assert_eq!(var(&p, "Base CLIP model"), json!(s.base.id));
+    assert_eq!(var(&p, "Newest CLIP model"), Value::Null);
+
+    // Run: 202 with the run execution, then four node executions in order.
+    let r = http
+        .post(format!("{url}/pipelines/{pid}/execute"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let run: Value = r.json().await.unwrap();
+    let run = poll(&http, url, run["id"].as_str().unwrap()).await;
+    assert_eq!(run["status"], "success", "{run}");
+    let nodes: Vec<Value> = http
+        .get(format!(
+            "{url}/executions?pipeline_execution_id={}",
+            run["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut functions: Vec<&str> = nodes
+        .iter()
+        .map(|n| n["functionName"].as_str().unwrap())
+        .collect();
+    functions.reverse();
+    assert_eq!(
+        functions,
+        ["create-model", "train", "update-variable", "embed"]
+    );
+    assert!(nodes
+        .iter()
+        .all(|n| n["status"] == "success" && n["percentComplete"] == 100));
+
+    let train = nodes.iter().find(|n| n["functionName"] == "train").unwrap();
+    let new_id = train["output"]["model"]["model_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let baseline = &train["output"]["metrics"]["baseline"];
+    let fine = &train["output"]["metrics"]["final"];
+    assert!(
+        baseline["val_loss"].is_number() && fine["val_loss"].is_number(),
+        "{train}"
+    );
+    let model = s.store.get_model(&new_id).await.unwrap();
+    assert_eq!(model.status, ModelStatus::Trained);
+    assert_eq!(model.base_model_id.as_deref(), Some(s.base.id.as_str()));
+    assert!(!model.artifacts.is_empty());
+    assert!(
+        !s.store.list_metrics(&new_id).await.unwrap().is_empty(),
+        "epoch metrics published"
+    );
+    let update = nodes
+        .iter()
+        .find(|n| n["functionName"] == "update-variable")
+        .unwrap();
+    // The first run's placeholder is the base model.
+    assert_eq!(update["output"]["old_value"], json!(s.base.id));
+    assert_eq!(update["output"]["new_value"], json!(new_id));
+    let p: Value = http
+        .get(format!("{url}/pipelines/{pid}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(var(&p, "Newest CLIP model"), json!(new_id));
+    let embed = nodes.iter().find(|n| n["functionName"] == "embed").unwrap();
+    assert_eq!(embed["output"]["embedded"], 40, "{embed}");
+    let set = embed["output"]["feature_set_id"].as_str().unwrap();
+    assert_eq!(s.store.vector_entities(set, None).await.unwrap().len(), 40);
+
+    // Node endpoints: embedding again (?wait=true) finds everything embedded: no duplicates.
+    let r = http
+        .post(format!("{url}/embed?wait=true"))
+        .json(&json!({"dataset_id": s.dataset.id, "model": {"model_id": new_id}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let again: Value = r.json().await.unwrap();
+    assert_eq!(again["status"], "success", "{again}");
+    assert_eq!(
+        (
+            again["output"]["embedded"].as_u64(),
+            again["output"]["already_embedded"].as_u64()
+        ),
+        (Some(0), Some(40))
+    );
+    assert_eq!(s.store.vector_entities(set, None).await.unwrap().len(), 40);
+
+    // A failing training: the new model is marked failed, "Newest CLIP model" is unchanged.
+    let r = http
+        .post(format!("{url}/pipelines/{pid}/execute"))
+        .json(&json!({"pipeline": {"input": {"Model config": {"num_epochs": 1, "learning_rate": -1.0}}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let run2: Value = r.json().await.unwrap();
+    let run2 = poll(&http, url, run2["id"].as_str().unwrap()).await;
+    assert_eq!(run2["status"], "failed", "{run2}");
+    assert!(
+        run2["error"].as_str().unwrap().contains("learning_rate"),
+        "{run2}"
+    );
+    let nodes2: Vec<Value> = http
+        .get(format!(
+            "{url}/executions?pipeline_execution_id={}",
+            run2["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        nodes2.len(),
+        2,
+        "the run stops at the failed node: {nodes2:?}"
+    );
+    let failed_model = nodes2
+        .iter()
+        .find(|n| n["functionName"] == "create-model")
+        .unwrap()["output"]["model"]["model_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        s.store.get_model(&failed_model).await.unwrap().status,
+        ModelStatus::Failed
+    );
+    let p: Value = http
+        .get(format!("{url}/pipelines/{pid}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        var(&p, "Newest CLIP model"),
+        json!(new_id),
+        "unchanged by a failed run"
+    );
+
+    // Promoting the failed model by hand is refused and changes nothing.
+    let r = http
+        .post(format!("{url}/update-variable?wait=true"))
+        .json(&json!({"model": {"model_id": failed_model}, "pipeline": pid}))
+        .send()
+        .await
+        .unwrap();
+    let refused: Value = r.json().await.unwrap();
+    assert_eq!(refused["status"], "failed", "{refused}");
+    let p: Value = http
+        .get(format!("{url}/pipelines/{pid}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(var(&p, "Newest CLIP model"), json!(new_id));
+
+    // Metrics saw all of it.
+    let text = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "cliptune_executions_total{function=\"train\",status=\"success\"} 1",
+        "cliptune_executions_total{function=\"train\",status=\"failed\"} 1",
+        "cliptune_executions_total{function=\"pipeline\",status=\"success\"} 1",
+        "cliptune_requests_total{method=\"POST\",route=\"/pipelines/{id}/execute\",status=\"202\"} 2",
+        "cliptune_queue_depth{lane=\"device\"} 0",
+        "cliptune_training_samples_per_second 0",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_body_limit_and_error_shapes() {
+    let s = fx::store(10).await;
+    let mut config = fx::config();
+    config.api_token = Some("s3cret".into());
+    config.max_body_bytes = 1024;
+    let server = fx::serve(&s, config).await;
+    let (url, http) = (&server.url, reqwest::Client::new());
+    let auth = |r: reqwest::RequestBuilder| r.bearer_auth("s3cret");
+
+    let r = http.get(format!("{url}/health")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "health needs no token");
+    let r = http.get(format!("{url}/info")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error_type"], "unauthorized");
+    let r = http
+        .get(format!("{url}/info"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let info: Value = auth(http.get(format!("{url}/info")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["auth"], true);
+    assert_eq!(info["limits"]["max_body_bytes"], 1024);
+    let r = auth(http.get(format!("{url}/ready"))).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ready: Value = r.json().await.unwrap();
+    assert_eq!(ready["checks"]["store"], "ok", "{ready}");
+
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str, &str)> = vec![
+        (
+            auth(http.post(format!("{url}/train")))
+                .body(format!("{{\"model\": \"{}\"}}", "x".repeat(2000))),
+            413,
+            "payload_too_large",
+            "",
+        ),
+        (
+            auth(http.post(format!("{url}/train"))).body("not json"),
+            400,
+            "bad_request",
+            "JSON",
+        ),
+        (
+            auth(http.post(format!("{url}/train"))).json(&json!({})),
+            422,
+            "validation",
+            "`model`",
+        ),
+        (
+            auth(http.post(format!("{url}/train"))).json(&json!({"model": "m", "confg": {}})),
+            422,
+            "validation",
+            "confg",
+        ),
+        (
+            auth(http.post(format!("{url}/train")))
+                .json(&json!({"model": "m", "config": {"batch_size": 1}})),
+            422,
+            "validation",
+            "batch_size",
+        ),
+        (
+            auth(http.post(format!("{url}/executions")))
+                .json(&json!({"functionName": "fly", "input": {}})),
+            404,
+            "not_found",
+            "fly",
+        ),
+        (
+            auth(http.post(format!("{url}/embed"))).json(&json!({"items": []})),
+            422,
+            "validation",
+            "items",
+        ),
+        (
+            auth(http.get(format!("{url}/executions/0123456789abcdef01234567"))),
+            404,
+            "not_found",
+            "",
+        ),
+        (
+            auth(http.get(format!("{url}/executions?status=sleeping"))),
+            422,
+            "validation",
+            "sleeping",
+        ),
+        (
+            auth(http.get(format!("{url}/pipelines/nope"))),
+            404,
+            "not_found",
+            "nope",
+        ),
+        (
+            auth(http.patch(format!("{url}/pipelines/{}/variables", s.pipeline.id)))
+                .json(&json!({"variables": [{"name": "Colour", "value": 1}]})),
+            422,
+            "validation",
+            "Colour",
+        ),
+        (
+            auth(http.patch(format!("{url}/pipelines/{}/variables", s.pipeline.id))).json(
+                &json!({"variables": [{"name": "Base CLIP model", "value": "no-such-model"}]}),
+            ),
+            404,
+            "not_found",
+            "no-such-model",
+        ),
+        (
+            auth(http.post(format!("{url}/pipelines/{}/execute", s.pipeline.id))),
+            422,
+            "validation",
+            "Dataset with captions",
+        ),
+        (
+            auth(http.get(format!("{url}/no/such/route"))),
+            404,
+            "not_found",
+            "/no/such/route",
+        ),
+    ];
+    for (i, (request, status, kind, needle)) in cases.into_iter().enumerate() {
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "case {i}");
+        let body: Value = r
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("case {i}: not JSON: {e}"));
+        assert_eq!(body["error_type"], kind, "case {i}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(needle),
+            "case {i}: {body}"
+        );
+    }
+    // Nothing was queued by the rejected requests.
+    assert!(s
+        .store
+        .list_executions(&Default::default())
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Terminating an ended execution is a conflict; a queued one ends canceled at once.
+    let e = server
+        .worker
+        .submit(
+            cliptune_worker::Function::Train,
+            json!({"model": s.base.id}),
+            None,
+        )
+        .await
+        .unwrap();
+    let done = server.worker.wait(&e.id).await.unwrap();
+    assert_eq!(
+        done.status.as_str(),
+        "failed",
+        "a pre-trained model is not trainable: {done:?}"
+    );
+    let r = auth(http.post(format!("{url}/executions/{}/terminate", e.id)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    server.stop().await;
+}
+
+#[test]
+fn the_committed_openapi_document_matches_the_code() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../openapi.json");
+    let generated = cliptune_worker::http::openapi_document();
+    if std::env::var_os("CLIPTUNE_UPDATE_OPENAPI").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "openapi.json is out of date: regenerate it with `cargo run --bin cliptune -- serve --openapi > openapi.json` \
+         (or CLIPTUNE_UPDATE_OPENAPI=1 cargo test -p cliptune-worker --test pipeline_http)"
+    );
+    let doc: Value = serde_json::from_str(&generated).unwrap();
+    for p in [
+        "/train",
+        "/embed",
+        "/executions/{id}/terminate",
+        "/pipelines/{id}/variables",
+        "/metrics",
+    ] {
+        assert!(
+            doc["paths"].get(p).is_some(),
+            "{p} missing from the document"
+        );
+    }
+}
