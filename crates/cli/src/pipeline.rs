@@ -94,11 +94,12 @@ pub enum DemoCommand {
     },
     /// Top matches of a text query among a dataset's vectors of a model.
     ///
-    /// Example: cliptune demo query --model M --dataset shapes --text "a red circle" -k 5
+    /// Example: cliptune demo query --dataset shapes --text "a red circle" -k 5
     Query {
-        /// Model id or name (its feature set must exist: run the embed node first).
+        /// Model id or name (default: the pipeline's "Newest CLIP model"); its feature set
+        /// must exist: run the embed node first.
         #[arg(long)]
-        model: String,
+        model: Option<String>,
         #[arg(long)]
         dataset: String,
         #[arg(long)]
@@ -422,7 +423,13 @@ pub fn demo(ctx: &Ctx, cmd: DemoCommand) -> Result<()> {
                     ctx.home.clone(),
                 )
                 .await?;
-                let model = store.resolve_model(&model).await?;
+                let model = cliptune_worker::nodes::embed::resolve_model(
+                    &*store,
+                    model.as_deref(),
+                    None,
+                    None,
+                )
+                .await?;
                 let dataset = store.resolve_dataset(&dataset).await?;
                 let sets = store.list_feature_sets().await?;
                 let set = sets
