@@ -1,0 +1,53 @@
+# cliptune worker image: `cliptune serve` as a non-root user, CUDA libtorch by default.
+#
+#   docker build -t cliptune:0.1.0-cuda .                    # CUDA layout (make setup CUDA=1)
+#   docker build --build-arg CUDA=0 -t cliptune:0.1.0-cpu .  # lean CPU layout
+#   docker run --gpus all -p 8080:8080 -v cliptune-data:/data cliptune:0.1.0-cuda
+#
+# The CUDA libraries come from the torch wheel's nvidia-* packages, so the runtime image
+# needs only the host's NVIDIA driver (NVIDIA Container Toolkit, `--gpus all`).
+# See docs/operations.md. (Not built in CI: no container engine there.)
+
+ARG CUDA=1
+
+FROM rust:1-bookworm AS build
+ARG CUDA
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv python3-pip g++ make \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /opt/cliptune
+# libtorch first: this layer (GBs) stays cached while the sources change.
+COPY Makefile ./
+COPY scripts/setup-libtorch.sh scripts/
+RUN make setup CUDA=${CUDA}
+COPY . .
+RUN cargo build --release --bin cliptune \
+ && install -D target/release/cliptune /out/usr/local/bin/cliptune
+# Keep only the shared libraries the binary loads, at the paths baked into its rpath.
+RUN if [ "$CUDA" = 1 ]; then \
+      tar cf - .libtorch-venv/lib/python3*/site-packages/torch/lib \
+               .libtorch-venv/lib/python3*/site-packages/nvidia; \
+    else \
+      tar cf - .libtorch/lib; \
+    fi | (mkdir -p /out/opt/cliptune && tar xf - -C /out/opt/cliptune)
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --create-home --home-dir /home/cliptune cliptune \
+ && mkdir -p /data && chown cliptune:cliptune /data
+COPY --from=build /out/ /
+USER cliptune
+ENV CLIPTUNE_HOME=/data \
+    CLIPTUNE_ADDR=0.0.0.0:8080 \
+    CLIPTUNE_DEVICE=auto \
+    CLIPTUNE_LOG=info
+VOLUME /data
+EXPOSE 8080
+# SIGTERM drains: running executions finish within CLIPTUNE_DRAIN_SECONDS or stop at a step
+# boundary (training keeps its epoch checkpoint and resumes on the next start). Give the
+# container at least that long to stop (docker stop -t, terminationGracePeriodSeconds).
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["cliptune"]
+CMD ["serve"]
