@@ -381,6 +381,6 @@ mod tests {
         assert!((opt.grad_norm() - 5.0).abs() < 1e-4);
         opt.zero_grad();
         assert_eq!(opt.grad_norm(), 0.0);
-        let _ = w.zero_grad();
+        w.zero_grad();
     }
 }

@@ -133,6 +133,7 @@ fn batch_from(pixels: &Tensor, tokens: &Tensor, range: std::ops::Range<i64>) -> 
 }
 
 #[test]
+#[allow(clippy::single_range_in_vec_init)] // one micro-batch is the point
 fn feature_cached_accumulation_equals_the_full_batch_gradient() {
     tch::set_num_threads(1);
     let clip = cliptune_clip::Clip::new(&tiny_config(), Device::Cpu, Some(1)).unwrap();
