@@ -1,0 +1,45 @@
+"""Dataset embedding the usual PyTorch way, for scripts/bench-embed.sh: JPEG files read and
+preprocessed by a DataLoader (open_clip's own transform, `threads` workers), ViT-B-32 image
+features under inference_mode with `threads` intra-op threads, L2-normalised and written to
+one .npy. Prints one JSON line.
+Usage: embed_open_clip.py MODEL.safetensors IMAGE_DIR OUT.npy BATCH THREADS"""
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file
+
+model_path, image_dir, out = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+batch, threads = int(sys.argv[4]), int(sys.argv[5])
+torch.set_num_threads(threads)
+model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32-quickgelu", pretrained=None)
+model.load_state_dict(load_file(model_path))
+model.eval()
+files = sorted(image_dir.glob("*.jpg"))
+
+
+class Files(torch.utils.data.Dataset):
+    def __len__(self):
+        return len(files)
+
+    def __getitem__(self, i):
+        with Image.open(files[i]) as im:
+            return preprocess(im.convert("RGB"))
+
+
+start = time.perf_counter()
+loader = torch.utils.data.DataLoader(Files(), batch_size=batch, num_workers=threads, shuffle=False)
+vectors = []
+with torch.inference_mode():
+    for pixels in loader:
+        vectors.append(F.normalize(model.encode_image(pixels), dim=-1).numpy())
+np.save(out, np.concatenate(vectors))
+seconds = time.perf_counter() - start
+print(json.dumps({"impl": "open_clip + DataLoader", "images": len(files), "batch": batch, "threads": threads,
+                  "seconds": round(seconds, 2), "images_per_s": round(len(files) / seconds, 2)}))
