@@ -4,7 +4,7 @@
 CUDA ?= 0
 CARGO ?= cargo
 
-.PHONY: setup build run test browser-test bench-forward bench-preprocess fixtures check-tools
+.PHONY: setup build run test browser-test bench-forward bench-preprocess fixtures check-tools bench-train gpu-check
 
 check-tools:
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
@@ -39,6 +39,16 @@ bench-forward: setup
 fixtures:
 	$$(scripts/refvenv.sh) scripts/reference/clip_reference.py tests/fixtures/clip
 	$$(scripts/refvenv.sh) scripts/reference/prep_reference.py all
+	$$(scripts/refvenv.sh) scripts/reference/train_reference.py tests/fixtures/train
+
+## Training samples/s and peak memory vs open_clip_train; Fashion-MNIST quality (see docs/training.md).
+bench-train: setup
+	scripts/bench-train.sh
+	scripts/bench-train-fmnist.sh
+
+## CUDA check of training (ViT-B/32, batch 128, bf16): samples/s and MFU. Needs a GPU and CUDA=1.
+gpu-check: setup
+	scripts/gpu-check.sh
 
 ## Image preprocessing throughput vs PIL + torchvision, and tokenizer speed (needs the Python reference venv).
 bench-preprocess:

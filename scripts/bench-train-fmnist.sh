@@ -18,7 +18,7 @@ ONLY=${ONLY:-both}
 [ -x target/release/cliptune ] || cargo build --release -p cliptune-cli
 BIN=${BIN:-target/release/cliptune}
 WORK=${WORK:-$(mktemp -d)}
-LR=1e-3 WD=0.1 WARMUP=100 BATCH=256
+LR=${LR:-1e-3} WD=0.1 WARMUP=${WARMUP:-100} BATCH=${BATCH:-256}
 if [ "$ONLY" != openclip ]; then
   "$BIN" --home "$WORK/home" --json models create --arch scripts/bench/open_clip_fmnist.json --name fm --seed 0 >/dev/null
   start=$(date +%s)
@@ -29,7 +29,7 @@ if [ "$ONLY" != openclip ]; then
     >"$WORK/ours.jsonl"
   echo "cliptune: $EPOCHS_OURS epochs in $(( $(date +%s) - start )) s (training + per-epoch validation on 1,000 pairs)"
   "$BIN" --home "$WORK/home" --json eval --model fm-trained --data "$DATA/test" --device cpu --threads "$THREADS" \
-    | "$PY" -c 'import json,sys; m=json.load(sys.stdin); print(f"cliptune zero-shot accuracy {m[\"caption_accuracy\"]:.4f} on {m[\"pairs\"]} test images")'
+    | "$PY" -c 'import json,sys; m=json.load(sys.stdin); print("cliptune zero-shot accuracy %.4f on %d test images" % (m["caption_accuracy"], m["pairs"]))'
 fi
 if [ "$ONLY" != ours ]; then
   start=$(date +%s)
@@ -37,7 +37,7 @@ if [ "$ONLY" != ours ]; then
     --train-data "$DATA/train/train.csv" --dataset-type csv --csv-img-key filepath --csv-caption-key title \
     --csv-separator , --model open_clip_fmnist --batch-size $BATCH --epochs "$EPOCHS_OPENCLIP" --lr $LR --wd $WD \
     --beta1 0.9 --beta2 0.98 --eps 1e-6 --warmup $WARMUP --lr-scheduler cosine --workers 1 --precision fp32 \
-    --logs "$WORK/logs" --name run --report-to '' --seed 0 --save-frequency 1 >"$WORK/theirs.log" 2>&1
+    --logs "$WORK/logs" --name run --log-every-n-steps 10 --report-to '' --seed 0 --save-frequency 1 >"$WORK/theirs.log" 2>&1
   echo "open_clip_train: $EPOCHS_OPENCLIP epochs in $(( $(date +%s) - start )) s (training only)"
   "$PY" scripts/bench/open_clip_zeroshot.py open_clip_fmnist "$WORK/logs/run/checkpoints/epoch_$EPOCHS_OPENCLIP.pt" \
     "$DATA/test/test.csv" | sed 's/^/open_clip /'

@@ -62,15 +62,13 @@ ref["clip_loss"] = {"image": img.flatten().tolist(), "text": txt.flatten().tolis
 # open_clip_train's cosine schedule (warmup 3, 10 steps, base lr 1e-3).
 try:
     from open_clip_train.scheduler import cosine_lr
-    p = torch.nn.Parameter(torch.zeros(1))
-    o = torch.optim.AdamW([p], lr=1e-3)
-    sched = cosine_lr(o, 1e-3, 3, 10)
-    lrs = []
-    for step in range(10):
-        lrs.append(sched(step))
-    ref["cosine"] = {"base": 1e-3, "warmup": 3, "steps": 10, "lrs": lrs}
 except ImportError:
-    print("open_clip_train not installed: no cosine reference", file=sys.stderr)
+    sys.exit("needs open_clip_train: pip install 'open-clip-torch[training]' into the reference venv")
+p = torch.nn.Parameter(torch.zeros(1))
+o = torch.optim.AdamW([p], lr=1e-3)
+sched = cosine_lr(o, 1e-3, 3, 10)
+lrs = [sched(step) for step in range(10)]
+ref["cosine"] = {"base": 1e-3, "warmup": 3, "steps": 10, "lrs": lrs}
 
 # clip_grad_norm_
 ps = [torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(2, 3))]
