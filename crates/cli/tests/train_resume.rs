@@ -85,11 +85,31 @@ fn kill_9_then_resume_matches_uninterrupted() {
     std::fs::write(&arch, ARCH).unwrap();
     // The same seeded base model in two homes: one run is left alone, the other killed.
     let create = |home: &Path| -> String {
-        let out = cliptune(home, &["--json", "models", "create", "--arch", arch.to_str().unwrap(), "--name", "base", "--seed", "0"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()["id"].as_str().unwrap().to_string()
+        let out = cliptune(
+            home,
+            &[
+                "--json",
+                "models",
+                "create",
+                "--arch",
+                arch.to_str().unwrap(),
+                "--name",
+                "base",
+                "--seed",
+                "0",
+            ],
+        )
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
     };
     let home_a = tmp.path().join("a");
     let home_b = tmp.path().join("b");

@@ -68,7 +68,10 @@ fn main() {
     let achieved = sps * TRAIN_FLOPS_PER_PAIR / 1e12;
     println!("ViT-B/32, batch {batch}, bf16 autocast, {} timed steps: {sps:.1} samples/s, {achieved:.1} TFLOP/s, last loss {loss:.4}", steps - warmup);
     if peak_tflops > 0.0 {
-        println!("MFU {:.1}% of {peak_tflops} TFLOP/s (bf16 dense peak)", 100.0 * achieved / peak_tflops);
+        println!(
+            "MFU {:.1}% of {peak_tflops} TFLOP/s (bf16 dense peak)",
+            100.0 * achieved / peak_tflops
+        );
     } else {
         println!("MFU: pass the device's bf16 dense peak in TFLOP/s as the second argument");
     }
