@@ -3,10 +3,12 @@
 # one request at a time vs 64 concurrent clients, each request one short text, ViT-B/32
 # (random weights, QuickGELU) on the CPU. Dynamic batching should make the concurrent rate
 # several times the sequential one (docs/search.md).
-#   scripts/bench-embed-online.sh [requests=2000] [concurrency=64] [kind=text|image]
+#   scripts/bench-embed-online.sh [requests=2000] [concurrency=64] [kind=text|image] [torch_threads=0: libtorch's default]
+# On a machine busy with other work, torch_threads=1 avoids OpenMP threads spinning against
+# each other (5-15x slower single requests were seen with 2 threads at load average 12 on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-n=${1:-2000} c=${2:-64} kind=${3:-text}
+n=${1:-2000} c=${2:-64} kind=${3:-text} threads=${4:-0}
 command -v ab >/dev/null || { echo "error: needs ApacheBench: apt-get install -y apache2-utils" >&2; exit 1; }
 scripts/setup-libtorch.sh >/dev/null
 py=$(scripts/refvenv.sh)
@@ -26,7 +28,7 @@ else
   printf '{"texts": ["a photo of a dog playing with a red ball in the park"], "model_id": "bench-b32"}' > "$work/body.json"
 fi
 port=$(( 20000 + RANDOM % 20000 ))
-$bin serve --addr 127.0.0.1:$port --device cpu >"$work/serve.log" 2>&1 &
+$bin serve --addr 127.0.0.1:$port --device cpu --torch-threads "$threads" >"$work/serve.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
