@@ -27,7 +27,7 @@ if [ "$ONLY" != openclip ]; then
     \"learning_rate\": $LR, \"weight_decay\": $WD, \"betas\": [0.9, 0.98], \"epsilon\": 1e-6,
     \"warmup_steps\": $WARMUP, \"lr_schedule\": \"cosine\", \"early_stopping\": false, \"eval_batch_size\": 500}" \
     >"$WORK/ours.jsonl"
-  echo "cliptune: $EPOCHS_OURS epochs in $(( $(date +%s) - start )) s (training + per-epoch validation on 1,000 pairs)"
+  echo "cliptune: $EPOCHS_OURS epochs in $(( $(date +%s) - start )) s wall clock (data check, baseline and per-epoch validation included)"
   "$BIN" --home "$WORK/home" --json eval --model fm-trained --data "$DATA/test" --device cpu --threads "$THREADS" \
     | "$PY" -c 'import json,sys; m=json.load(sys.stdin); print("cliptune zero-shot accuracy %.4f on %d test images" % (m["caption_accuracy"], m["pairs"]))'
 fi
