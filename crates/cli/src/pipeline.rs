@@ -417,7 +417,7 @@ pub fn demo(ctx: &Ctx, cmd: DemoCommand) -> Result<()> {
         } => {
             let store: Arc<dyn Platform> = Arc::new(LocalStore::open(&ctx.home)?);
             let hits = runtime()?.block_on(async {
-                let worker = Worker::start(
+                let worker = Worker::start_inference(
                     store.clone(),
                     WorkerConfig::local(&device),
                     ctx.home.clone(),

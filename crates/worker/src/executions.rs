@@ -224,6 +224,58 @@ pub struct Shared {
     accepting: AtomicBool,
     queued_device: AtomicUsize,
     queued_embed: AtomicUsize,
+    lock: Mutex<Option<PidLock>>,
+}
+
+/// One worker process per store: `<work dir>/worker.pid`, created exclusively. A file naming
+/// a process that no longer runs (checked in /proc) is stale and replaced.
+struct PidLock {
+    path: PathBuf,
+}
+
+impl PidLock {
+    fn acquire(work_dir: &std::path::Path) -> Result<Self> {
+        use std::io::Write;
+        let path = work_dir.join("worker.pid");
+        for _ in 0..3 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    let _ = write!(f, "{}", std::process::id());
+                    return Ok(Self { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let pid = std::fs::read_to_string(&path)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<u32>().ok());
+                    if let Some(pid) = pid {
+                        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                            return Err(WorkerError::Conflict(format!(
+                                "another cliptune worker (pid {pid}) is using the store at {}: \
+                                 use its HTTP API (e.g. POST /pipelines/{{id}}/execute) or stop it",
+                                work_dir.display()
+                            )));
+                        }
+                    }
+                    let _ = std::fs::remove_file(&path);
+                }
+                Err(e) => return Err(WorkerError::Internal(format!("{}: {e}", path.display()))),
+            }
+        }
+        Err(WorkerError::Conflict(format!(
+            "cannot claim {} for this worker",
+            path.display()
+        )))
+    }
+}
+
+impl Drop for PidLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 impl std::ops::Deref for Worker {
@@ -248,11 +300,46 @@ impl Worker {
         config: WorkerConfig,
         home: PathBuf,
     ) -> Result<Self> {
+        let worker = Self::open(platform, config, home, true)?;
+        let recovery = worker.recover().await?;
+        if !recovery.failed.is_empty() || !recovery.requeued.is_empty() {
+            tracing::warn!(
+                failed = recovery.failed.len(),
+                requeued = recovery.requeued.len(),
+                "recovered executions left behind by a previous process"
+            );
+        }
+        Ok(worker)
+    }
+
+    /// A worker for inference only (the device thread, no executions): it neither claims
+    /// the store nor recovers anything, so it can run beside a serving worker.
+    pub async fn start_inference(
+        platform: Arc<dyn Platform>,
+        config: WorkerConfig,
+        home: PathBuf,
+    ) -> Result<Self> {
+        let worker = Self::open(platform, config, home, false)?;
+        worker.accepting.store(false, Ordering::SeqCst);
+        Ok(worker)
+    }
+
+    fn open(
+        platform: Arc<dyn Platform>,
+        config: WorkerConfig,
+        home: PathBuf,
+        claim: bool,
+    ) -> Result<Self> {
         let device = cliptune_clip::parse_device(&config.device)?;
         let device = DeviceHandle::start(device, config.torch_threads)?;
         let work_dir = config.work_dir.clone().unwrap_or_else(|| home.join("work"));
         std::fs::create_dir_all(&work_dir)
             .map_err(|e| WorkerError::Internal(format!("{}: {e}", work_dir.display())))?;
+        let lock = if claim {
+            Some(PidLock::acquire(&work_dir)?)
+        } else {
+            None
+        };
         let (device_tx, device_rx) = mpsc::unbounded_channel();
         let (embed_tx, embed_rx) = mpsc::unbounded_channel();
         let (ended, _) = broadcast::channel(256);
@@ -271,6 +358,7 @@ impl Worker {
                 accepting: AtomicBool::new(true),
                 queued_device: AtomicUsize::new(0),
                 queued_embed: AtomicUsize::new(0),
+                lock: Mutex::new(lock),
             }),
         };
         for mut rx in [device_rx, embed_rx] {
@@ -282,14 +370,6 @@ impl Worker {
                     Worker { inner }.run(id).await;
                 }
             });
-        }
-        let recovery = worker.recover().await?;
-        if !recovery.failed.is_empty() || !recovery.requeued.is_empty() {
-            tracing::warn!(
-                failed = recovery.failed.len(),
-                requeued = recovery.requeued.len(),
-                "recovered executions left behind by a previous process"
-            );
         }
         Ok(worker)
     }
@@ -695,6 +775,8 @@ impl Worker {
         while self.running_count() > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // The store is free for the next process.
+        self.lock.lock().expect("lock").take();
     }
 
     fn running_count(&self) -> usize {

@@ -107,7 +107,18 @@ async fn a_restart_fails_or_requeues_what_a_dead_process_left() {
         again.failed.is_empty() && again.requeued.is_empty(),
         "{again:?}"
     );
+    // One worker per store: a second one would recover (re-run) the first one's work.
+    let platform: std::sync::Arc<dyn Platform> = s.store.clone();
+    let err = cliptune_worker::Worker::start(platform.clone(), fx::config(), s.home.clone())
+        .await
+        .err()
+        .expect("a second worker on the same store is refused");
+    assert!(err.to_string().contains("another cliptune worker"), "{err}");
     worker.shutdown().await;
+    let next = cliptune_worker::Worker::start(platform, fx::config(), s.home.clone())
+        .await
+        .unwrap();
+    next.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
