@@ -393,6 +393,9 @@ fn dev_model(dev: &mut DeviceCtx, model: &OnlineModel) -> Result<std::rc::Rc<Cli
     dev.model(&model.dir)
 }
 
+/// Vectors, one per input.
+pub type Rows = Vec<Vec<f32>>;
+
 /// L2-normalized features of a batch: images through the image tower, texts through the
 /// text tower. Texts are padded only to the longest text of the batch: the causal mask
 /// means a text's features do not depend on padding after its EOT, and short queries cost
@@ -402,7 +405,7 @@ pub fn forward(
     config: &ClipConfig,
     images: Vec<Vec<f32>>,
     texts: Vec<Vec<i64>>,
-) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+) -> Result<(Rows, Rows)> {
     let dim = config.embed_dim as usize;
     let rows = |t: tch::Tensor| -> Result<Vec<Vec<f32>>> {
         let flat = Vec::<f32>::try_from(t.to_device(tch::Device::Cpu).contiguous().flatten(0, -1))
