@@ -30,14 +30,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = store.resolve_model(&args[2]).await?;
     let dir = std::env::temp_dir().join(format!("fill-vectors-{}", std::process::id()));
     store.download_artifacts(&model.id, &dir).await?;
-    let dim = cliptune_clip::checkpoint::inspect(&dir, &Default::default())?.config.embed_dim as u32;
+    let dim = cliptune_clip::checkpoint::inspect(&dir, &Default::default())?
+        .config
+        .embed_dim as u32;
     std::fs::remove_dir_all(&dir)?;
-    let set = store.feature_set_for_model(&model.id, &model.name, dim).await?;
+    let set = store
+        .feature_set_for_model(&model.id, &model.name, dim)
+        .await?;
     let dataset = match store.dataset_by_name("bench-vectors").await {
         Ok(d) => d,
         Err(_) => store.create_dataset("bench-vectors").await?,
     };
-    let have = store.vector_entities(&set.id, Some(&dataset.id)).await?.len() as u64;
+    let have = store
+        .vector_entities(&set.id, Some(&dataset.id))
+        .await?
+        .len() as u64;
     let started = Instant::now();
     let mut i = have;
     while i < n {

@@ -144,7 +144,10 @@ async fn auth(State(worker): State<Worker>, request: Request, next: Next) -> Res
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
     match given {
         Some(g) if constant_time_eq(g.trim().as_bytes(), token.as_bytes()) => {
             next.run(request).await
@@ -173,9 +176,12 @@ async fn record(State(worker): State<Worker>, request: Request, next: Next) -> R
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let response = next.run(request).await;
-    worker
-        .metrics
-        .record_request(&method, &route, response.status().as_u16(), started.elapsed());
+    worker.metrics.record_request(
+        &method,
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
 }
 
@@ -261,7 +267,9 @@ async fn submit_node(
 #[utoipa::path(get, path = "/health", tag = "service",
     responses((status = 200, description = "The process is alive", body = Health)))]
 async fn health() -> Json<Health> {
-    Json(Health { status: "ok".into() })
+    Json(Health {
+        status: "ok".into(),
+    })
 }
 
 #[utoipa::path(get, path = "/ready", tag = "service", security(("bearer" = [])),
@@ -277,7 +285,11 @@ async fn ready(State(worker): State<Worker>) -> Response {
         json!(if ok { "ok" } else { "shutting down" }),
     );
     let device = tokio::time::timeout(Duration::from_secs(2), worker.device.run(|_| ())).await;
-    let busy = worker.gauges().running.iter().any(|(f, n)| *f == "train" && *n > 0);
+    let busy = worker
+        .gauges()
+        .running
+        .iter()
+        .any(|(f, n)| *f == "train" && *n > 0);
     checks.insert(
         "device".into(),
         json!(match device {
@@ -345,7 +357,10 @@ async fn info(State(worker): State<Worker>) -> Json<Info> {
 async fn metrics(State(worker): State<Worker>) -> Response {
     let text = worker.metrics.render(&worker.gauges());
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
         .into_response()
@@ -395,8 +410,8 @@ async fn embed(
         .iter()
         .any(|k| input.get(k).is_some());
     if online {
-        let request: OnlineEmbedRequest = serde_json::from_value(input)
-            .map_err(|e| WorkerError::input("body", e.to_string()))?;
+        let request: OnlineEmbedRequest =
+            serde_json::from_value(input).map_err(|e| WorkerError::input("body", e.to_string()))?;
         return online::embed(&on, request).await;
     }
     submit_node(&w, Function::Embed, input, &params).await
@@ -488,7 +503,10 @@ async fn list_executions(
         (status = 200, description = "Status, percent, message, output, error", body = ExecutionView),
         (status = 404, description = "No such execution", body = ErrorBody),
     ))]
-async fn get_execution(State(w): State<Worker>, Path(id): Path<String>) -> Result<Json<ExecutionView>> {
+async fn get_execution(
+    State(w): State<Worker>,
+    Path(id): Path<String>,
+) -> Result<Json<ExecutionView>> {
     Ok(Json(w.get(&id).await?.into()))
 }
 
@@ -533,7 +551,9 @@ async fn execute_pipeline(
     ))]
 async fn get_pipeline(State(w): State<Worker>, Path(id): Path<String>) -> Result<Json<Value>> {
     let p = w.platform().resolve_pipeline(&id).await?;
-    Ok(Json(serde_json::to_value(p).map_err(|e| WorkerError::Internal(e.to_string()))?))
+    Ok(Json(
+        serde_json::to_value(p).map_err(|e| WorkerError::Internal(e.to_string()))?,
+    ))
 }
 
 #[utoipa::path(patch, path = "/pipelines/{id}/variables", tag = "pipelines", security(("bearer" = [])),
@@ -575,5 +595,7 @@ async fn patch_variables(
     let p = w.platform().resolve_pipeline(&id).await?;
     crate::pipeline::set_variables(&**w.platform(), &p, &values).await?;
     let p = w.platform().get_pipeline(&p.id).await?;
-    Ok(Json(serde_json::to_value(p).map_err(|e| WorkerError::Internal(e.to_string()))?))
+    Ok(Json(
+        serde_json::to_value(p).map_err(|e| WorkerError::Internal(e.to_string()))?,
+    ))
 }
