@@ -409,6 +409,9 @@ async fn read_input(platform: &dyn Platform, item: &Item) -> std::result::Result
     }
 }
 
+/// One vector per input row.
+type Rows = Vec<Vec<f32>>;
+
 /// Normalised image and text features of one batch, on the device thread.
 fn features(
     dev: &mut DeviceCtx,
@@ -416,7 +419,7 @@ fn features(
     config: &ClipConfig,
     images: Vec<Vec<f32>>,
     texts: Vec<Vec<i64>>,
-) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+) -> Result<(Rows, Rows)> {
     let clip = dev.model(dir)?;
     let dim = config.embed_dim as usize;
     let to_rows = |t: tch::Tensor| -> Result<Vec<Vec<f32>>> {
