@@ -182,9 +182,16 @@ fn is_zip(path: &Path) -> bool {
 
 /// True when a zip archive has TorchScript code (`<archive>/code/...`).
 fn zip_has_code(path: &Path) -> Result<bool> {
-    // The central directory lists every entry name; scanning its bytes is enough here.
-    let bytes = std::fs::read(path).map_err(|e| ClipError::io(path, e))?;
-    let tail = &bytes[bytes.len().saturating_sub(1 << 20)..];
+    // The central directory at the end lists every entry name; reading the last MiB is
+    // enough, and avoids reading a whole (possibly GB-sized) archive just to detect it.
+    use std::io::{Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).map_err(|e| ClipError::io(path, e))?;
+    let len = file.metadata().map_err(|e| ClipError::io(path, e))?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(1 << 20)))
+        .map_err(|e| ClipError::io(path, e))?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail)
+        .map_err(|e| ClipError::io(path, e))?;
     Ok(tail.windows(6).any(|w| w == b"/code/"))
 }
 
