@@ -5,6 +5,7 @@
 
 mod datasets;
 mod embed;
+mod embed_dataset;
 mod features;
 mod items;
 mod models;
@@ -67,6 +68,10 @@ enum Command {
     ///
     /// Example: cliptune embed --model ./clip-vit-base-patch32 --text "a cat" --image cat.jpg --json
     Embed(embed::EmbedArgs),
+    /// Embed a dataset's items into the model's feature set (the embed node), resumably.
+    ///
+    /// Example: cliptune embed-dataset --dataset photos --model clip-ft
+    EmbedDataset(embed_dataset::EmbedDatasetArgs),
     /// Serve the pipeline nodes, executions and pipelines over HTTP.
     Serve(serve::ServeArgs),
     /// Search a dataset with a text or an image (top-k items by cosine, with scores).
@@ -115,6 +120,7 @@ fn main() {
         Command::Tokenize(args) => tokenize::run(&ctx, args),
         Command::Preprocess(args) => preprocess::run(&ctx, args),
         Command::Embed(args) => embed::run(&ctx, args),
+        Command::EmbedDataset(args) => embed_dataset::run(&ctx, args),
         Command::Serve(args) => serve::run(&ctx, args),
         Command::Search(args) => search::run(&ctx, args),
         Command::Features(cmd) => features::run(&ctx, cmd),

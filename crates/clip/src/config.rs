@@ -59,11 +59,7 @@ pub const PRESETS: [&str; 4] = ["ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@33
 impl ClipConfig {
     /// OpenAI's published architectures (QuickGELU, context 77, vocabulary 49408).
     pub fn preset(name: &str) -> Result<Self> {
-        let normalized = name
-            .trim()
-            .replace('-', "")
-            .replace('_', "")
-            .to_ascii_lowercase();
+        let normalized = name.trim().replace(['-', '_'], "").to_ascii_lowercase();
         let (vision, text, embed_dim) = match normalized.as_str() {
             "vitb/32" | "vitb32" => ((768, 12, 12, 32, 224), (512, 12, 8), 512),
             "vitb/16" | "vitb16" => ((768, 12, 12, 16, 224), (512, 12, 8), 512),

@@ -15,6 +15,8 @@ use crate::device::{DeviceCtx, DeviceHandle};
 use crate::error::{Result, WorkerError};
 use cliptune_clip::{Clip, ClipConfig};
 use cliptune_train::codec::Codec;
+use cliptune_train::precision::autocast;
+use cliptune_train::Precision;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +31,8 @@ pub struct OnlineConfig {
     pub token_budget: usize,
     /// Most online requests (embed and search) admitted at once; more answer 429.
     pub max_inflight: usize,
+    /// The worker's embedding precision (`--embed-precision`).
+    pub precision: Precision,
 }
 
 impl Default for OnlineConfig {
@@ -38,6 +42,7 @@ impl Default for OnlineConfig {
             // enough to use the device well, small enough to keep one batch under ~1 s on CPU.
             token_budget: 4096,
             max_inflight: 128,
+            precision: Precision::Fp32,
         }
     }
 }
@@ -257,6 +262,7 @@ impl Batcher {
                 rx,
                 self.device.clone(),
                 self.config.token_budget.max(1),
+                self.config.precision,
                 self.batches.clone(),
             ));
             tx
@@ -276,6 +282,7 @@ async fn batch_loop(
     mut rx: mpsc::UnboundedReceiver<Job>,
     device: DeviceHandle,
     budget: usize,
+    precision: Precision,
     batches: Arc<AtomicU64>,
 ) {
     let mut queue: VecDeque<Job> = VecDeque::new();
@@ -333,7 +340,7 @@ async fn batch_loop(
         let result = device
             .run(move |dev| {
                 let clip = dev_model(dev, &m)?;
-                forward(&clip, &m.config, images, texts)
+                forward(&clip, &m.config, precision, images, texts)
             })
             .await
             .and_then(|r| r);
@@ -400,13 +407,22 @@ pub type Rows = Vec<Vec<f32>>;
 /// text tower. Texts are padded only to the longest text of the batch: the causal mask
 /// means a text's features do not depend on padding after its EOT, and short queries cost
 /// a fraction of a full 77-token row.
+///
+/// Under bf16/fp16 autocast the weights stay f32 and the matrix products run in the lower
+/// precision; the vectors are normalized in f32 outside the autocast region.
 pub fn forward(
     clip: &Clip,
     config: &ClipConfig,
+    precision: Precision,
     images: Vec<Vec<f32>>,
     texts: Vec<Vec<i64>>,
 ) -> Result<(Rows, Rows)> {
     let dim = config.embed_dim as usize;
+    let device = clip.device();
+    let run = |f: &dyn Fn() -> cliptune_clip::Result<tch::Tensor>| -> Result<tch::Tensor> {
+        let t = autocast(precision, device, f)?;
+        Ok(cliptune_clip::normalize(&t.to_kind(tch::Kind::Float)))
+    };
     let rows = |t: tch::Tensor| -> Result<Vec<Vec<f32>>> {
         let flat = Vec::<f32>::try_from(t.to_device(tch::Device::Cpu).contiguous().flatten(0, -1))
             .map_err(|e| WorkerError::Internal(format!("reading features: {e}")))?;
@@ -419,7 +435,7 @@ pub fn forward(
         let n = images.len() as i64;
         let flat: Vec<f32> = images.concat();
         let pixels = tch::Tensor::from_slice(&flat).view([n, 3, s, s]);
-        rows(clip.image_features(&pixels, true)?)?
+        rows(run(&|| clip.image_features(&pixels, false))?)?
     };
     let txt = if texts.is_empty() {
         Vec::new()
@@ -432,7 +448,7 @@ pub fn forward(
             row[..n].copy_from_slice(&ids[..n]);
         }
         let ids = tch::Tensor::from_slice(&flat).view([texts.len() as i64, len as i64]);
-        rows(clip.text_features(&ids, true)?)?
+        rows(run(&|| clip.text_features(&ids, false))?)?
     };
     Ok((img, txt))
 }

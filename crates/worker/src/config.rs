@@ -43,6 +43,10 @@ pub struct WorkerConfig {
     /// Items per device batch of the embed node.
     #[arg(long, env = "CLIPTUNE_EMBED_BATCH", default_value_t = 32)]
     pub embed_batch_size: usize,
+    /// Precision of embedding: auto (bf16 autocast on CUDA, fp32 on the CPU), fp32, bf16,
+    /// or fp16 (CUDA only). Weights stay f32; vectors are stored as f32 either way.
+    #[arg(long, env = "CLIPTUNE_EMBED_PRECISION", default_value = "auto")]
+    pub embed_precision: String,
     /// Threads libtorch uses for intra-op parallelism (0: libtorch's default).
     #[arg(long, env = "CLIPTUNE_TORCH_THREADS", default_value_t = 0)]
     pub torch_threads: usize,
@@ -63,8 +67,27 @@ impl WorkerConfig {
             max_queue: 64,
             drain_seconds: 30,
             embed_batch_size: 32,
+            embed_precision: "auto".into(),
             torch_threads: 0,
             work_dir: None,
+        }
+    }
+
+    /// The embedding precision on `device`, or why the setting cannot be used there.
+    pub fn embed_precision(
+        &self,
+        device: tch::Device,
+    ) -> std::result::Result<cliptune_train::Precision, String> {
+        use cliptune_train::Precision;
+        match self.embed_precision.as_str() {
+            "auto" if device.is_cuda() => Ok(Precision::Bf16),
+            "auto" | "fp32" => Ok(Precision::Fp32),
+            "bf16" => Ok(Precision::Bf16),
+            "fp16" if device.is_cuda() => Ok(Precision::Fp16),
+            "fp16" => Err("--embed-precision fp16 needs a CUDA device; use bf16 or fp32".into()),
+            other => Err(format!(
+                "--embed-precision {other:?}: expected auto, fp32, bf16 or fp16"
+            )),
         }
     }
 

@@ -225,6 +225,8 @@ pub struct Shared {
     queued_device: AtomicUsize,
     queued_embed: AtomicUsize,
     lock: Mutex<Option<PidLock>>,
+    /// `config.embed_precision` resolved for the device.
+    pub embed_precision: cliptune_train::Precision,
 }
 
 /// One worker process per store: `<work dir>/worker.pid`, created exclusively. A file naming
@@ -300,6 +302,16 @@ impl Worker {
         config: WorkerConfig,
         home: PathBuf,
     ) -> Result<Self> {
+        Ok(Self::start_recovering(platform, config, home).await?.0)
+    }
+
+    /// [`Worker::start`], also answering what the recovery did (so that a command rerun
+    /// after a kill can wait for the execution it left behind instead of adding one).
+    pub async fn start_recovering(
+        platform: Arc<dyn Platform>,
+        config: WorkerConfig,
+        home: PathBuf,
+    ) -> Result<(Self, Recovery)> {
         let worker = Self::open(platform, config, home, true)?;
         let recovery = worker.recover().await?;
         if !recovery.failed.is_empty() || !recovery.requeued.is_empty() {
@@ -309,7 +321,7 @@ impl Worker {
                 "recovered executions left behind by a previous process"
             );
         }
-        Ok(worker)
+        Ok((worker, recovery))
     }
 
     /// A worker for inference only (the device thread, no executions): it neither claims
@@ -331,6 +343,9 @@ impl Worker {
         claim: bool,
     ) -> Result<Self> {
         let device = cliptune_clip::parse_device(&config.device)?;
+        let embed_precision = config
+            .embed_precision(device)
+            .map_err(|m| WorkerError::input("embed_precision", m))?;
         let device = DeviceHandle::start(device, config.torch_threads)?;
         let work_dir = config.work_dir.clone().unwrap_or_else(|| home.join("work"));
         std::fs::create_dir_all(&work_dir)
@@ -348,6 +363,7 @@ impl Worker {
                 platform,
                 config,
                 device,
+                embed_precision,
                 metrics: Metrics::default(),
                 work_dir,
                 started: Instant::now(),

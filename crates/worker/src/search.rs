@@ -7,6 +7,7 @@ use crate::batcher::{forward, Input, OnlineModel};
 use crate::error::{Result, WorkerError};
 use cliptune_clip::Clip;
 use cliptune_store::{FeatureSet, ItemKind, Model, NearestQuery, Platform, StoreError};
+use cliptune_train::Precision;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::time::Instant;
@@ -173,7 +174,13 @@ impl LocalEncoder {
             Input::Image(px) => (vec![px], vec![]),
             Input::Text(ids) => (vec![], vec![ids]),
         };
-        let (mut img, mut txt) = forward(&self.clip, &self.model.config, images, texts)?;
+        let (mut img, mut txt) = forward(
+            &self.clip,
+            &self.model.config,
+            Precision::Fp32,
+            images,
+            texts,
+        )?;
         img.pop()
             .or_else(|| txt.pop())
             .ok_or_else(|| WorkerError::Internal("the model returned no vector".into()))

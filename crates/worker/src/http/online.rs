@@ -49,6 +49,10 @@ impl Online {
     }
 
     pub fn with_config(worker: &Worker, config: OnlineConfig) -> Arc<Self> {
+        let config = OnlineConfig {
+            precision: worker.embed_precision,
+            ..config
+        };
         Arc::new(Self {
             worker: worker.clone(),
             batcher: Batcher::new(worker.device.clone(), config),

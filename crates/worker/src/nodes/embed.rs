@@ -12,12 +12,14 @@
 use super::{
     entity_ref, local_weights, local_weights_for, object, reject_unknown, NEWEST_MODEL_VARIABLE,
 };
+use crate::batcher::{forward, Rows};
 use crate::device::DeviceCtx;
 use crate::error::{Result, WorkerError};
 use crate::executions::{NodeCtx, Worker};
 use cliptune_clip::{checkpoint, ClipConfig, LoadOptions};
 use cliptune_store::{ExecutionPipeline, Item, ItemKind, ItemQuery, Model, NewVector, Platform};
 use cliptune_train::codec::Codec;
+use cliptune_train::Precision;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -197,6 +199,21 @@ enum Input {
     Text(Vec<i64>),
 }
 
+/// A batch decoded and ready for the device, with the progress it represents.
+struct Ready {
+    images: Vec<(Item, Vec<f32>)>,
+    texts: Vec<(Item, Vec<i64>)>,
+    failed: Vec<Value>,
+    /// Items of the pages read so far that already had a vector.
+    existing: usize,
+    /// Items matching the target (for the percentage).
+    total: usize,
+}
+
+/// Batches decoded ahead of the device: decoding batch n+1 overlaps the forward pass of
+/// batch n, and at most this many wait, so memory stays bounded whatever the dataset size.
+const READ_AHEAD: usize = 2;
+
 pub async fn run(input: EmbedInput, ctx: &NodeCtx) -> Result<Value> {
     let worker = &ctx.worker;
     let platform = worker.platform().clone();
@@ -217,88 +234,63 @@ pub async fn run(input: EmbedInput, ctx: &NodeCtx) -> Result<Value> {
         .feature_set_for_model(&model.id, &model.name, prepared.config.embed_dim as u32)
         .await?;
     let batch_size = worker.config.embed_batch_size.max(1);
-    let mut embedded = 0usize;
-    let mut existing = 0usize;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Ready>>(READ_AHEAD);
+    let reader = tokio::spawn(read_batches(
+        platform.clone(),
+        prepared.clone(),
+        input.target.clone(),
+        set.id.clone(),
+        batch_size,
+        tx,
+    ));
+    let precision = worker.embed_precision;
+    let (mut embedded, mut existing, mut total) = (0usize, 0usize, 0usize);
     let mut failed: Vec<Value> = Vec::new();
-    let mut seen = 0usize;
-
-    let embed_items = |items: Vec<Item>, done: &HashSet<String>| -> Vec<Item> {
-        items
-            .into_iter()
-            .filter(|i| !done.contains(&i.id))
-            .collect()
-    };
-    match &input.target {
-        EmbedTarget::Dataset { id, filter } => {
-            let dataset = platform.resolve_dataset(id).await?;
-            let done: HashSet<String> = platform
-                .vector_entities(&set.id, Some(&dataset.id))
-                .await?
-                .into_iter()
+    let outcome: Result<()> = async {
+        while let Some(ready) = rx.recv().await {
+            ctx.check()?;
+            let ready = ready?;
+            existing = ready.existing;
+            total = ready.total;
+            failed.extend(ready.failed);
+            let (images, texts) = (ready.images, ready.texts);
+            let pixels: Vec<Vec<f32>> = images.iter().map(|(_, p)| p.clone()).collect();
+            let ids: Vec<Vec<i64>> = texts.iter().map(|(_, t)| t.clone()).collect();
+            let p = prepared.clone();
+            let (img, txt) = worker
+                .device
+                .run(move |dev| features(dev, &p.dir, &p.config, precision, pixels, ids))
+                .await??;
+            let vectors: Vec<NewVector> = images
+                .iter()
+                .map(|(i, _)| i)
+                .zip(img)
+                .chain(texts.iter().map(|(i, _)| i).zip(txt))
+                .map(|(item, value)| NewVector {
+                    entity_id: item.id.clone(),
+                    dataset_id: item.dataset_id.clone(),
+                    value,
+                })
                 .collect();
-            let mut query = ItemQuery {
-                filter: filter.clone(),
-                page: 0,
-                page_size: (batch_size * 8).max(100) as u32,
-            };
-            loop {
-                ctx.check()?;
-                let page = platform.query_items(&dataset.id, &query).await?;
-                let total = page.total_items_count as usize;
-                let more = page.has_next_page && !page.items.is_empty();
-                seen += page.items.len();
-                let n = page.items.len();
-                let todo = embed_items(page.items, &done);
-                existing += n - todo.len();
-                for chunk in todo.chunks(batch_size) {
-                    ctx.check()?;
-                    let (ok, bad) = embed_batch(worker, &prepared, chunk, &set.id).await?;
-                    embedded += ok;
-                    failed.extend(bad);
-                    ctx.progress(
-                        (2 + 97 * (embedded + existing + failed.len()) / total.max(1)) as u32,
-                        format!(
-                            "{embedded} embedded, {existing} already embedded, {} failed of {total}",
-                            failed.len()
-                        ),
-                    );
-                }
-                if !more {
-                    break;
-                }
-                query.page += 1;
+            if !vectors.is_empty() {
+                platform.upsert_vectors(&set.id, &vectors).await?;
             }
+            embedded += vectors.len();
+            ctx.progress(
+                (2 + 97 * (embedded + existing + failed.len()) / total.max(1)).min(99) as u32,
+                format!(
+                    "{embedded} embedded, {existing} already embedded, {} failed of {total}",
+                    failed.len()
+                ),
+            );
         }
-        EmbedTarget::Items(ids) => {
-            let mut items = Vec::with_capacity(ids.len());
-            for id in ids {
-                match platform.get_item(id).await {
-                    Ok(item) => items.push(item),
-                    Err(e) => failed.push(json!({"item_id": id, "reason": e.to_string()})),
-                }
-            }
-            let mut done = HashSet::new();
-            for item in &items {
-                if platform.get_vector(&set.id, &item.id).await.is_ok() {
-                    done.insert(item.id.clone());
-                }
-            }
-            let n = items.len();
-            seen = n;
-            let todo = embed_items(items, &done);
-            existing = n - todo.len();
-            for chunk in todo.chunks(batch_size) {
-                ctx.check()?;
-                let (ok, bad) = embed_batch(worker, &prepared, chunk, &set.id).await?;
-                embedded += ok;
-                failed.extend(bad);
-                ctx.progress(
-                    (2 + 97 * (embedded + existing) / n.max(1)) as u32,
-                    format!("{embedded} embedded, {existing} already embedded"),
-                );
-            }
-        }
+        Ok(())
     }
+    .await;
+    // Dropping the receiver stops the reader at its next send.
+    drop(rx);
+    let _ = reader.await;
+    outcome?;
     worker.metrics.add_embedded_items(embedded as u64);
     ctx.progress(
         100,
@@ -310,26 +302,153 @@ pub async fn run(input: EmbedInput, ctx: &NodeCtx) -> Result<Value> {
     Ok(json!({
         "model": {"model_id": model.id},
         "feature_set_id": set.id,
-        "items": seen,
+        "items": embedded + existing + failed.len(),
         "embedded": embedded,
         "already_embedded": existing,
         "failed": failed,
     }))
 }
 
-/// Embeds one batch of items and stores their vectors. Returns how many were stored and
-/// the items that could not be embedded, with the reason.
-async fn embed_batch(
-    worker: &Worker,
+/// Reads the target's items page by page, leaves out those that already have a vector in
+/// the set, and sends decoded batches of `batch_size` (the last one of a run may be smaller).
+async fn read_batches(
+    platform: Arc<dyn Platform>,
+    prepared: Arc<Prepared>,
+    target: EmbedTarget,
+    set_id: String,
+    batch_size: usize,
+    tx: tokio::sync::mpsc::Sender<Result<Ready>>,
+) {
+    let outcome: Result<()> = async {
+        let mut failed = Vec::new();
+        let mut existing = 0usize;
+        match target {
+            EmbedTarget::Dataset { id, filter } => {
+                let dataset = platform.resolve_dataset(&id).await?;
+                // Entity ids only (not vectors): the one thing here that grows with the set.
+                let done: HashSet<String> = platform
+                    .vector_entities(&set_id, Some(&dataset.id))
+                    .await?
+                    .into_iter()
+                    .collect();
+                let mut query = ItemQuery {
+                    filter,
+                    page: 0,
+                    page_size: (batch_size * 8).max(100) as u32,
+                };
+                let mut pending: Vec<Item> = Vec::new();
+                loop {
+                    let page = platform.query_items(&dataset.id, &query).await?;
+                    let total = page.total_items_count as usize;
+                    let more = page.has_next_page && !page.items.is_empty();
+                    for item in page.items {
+                        if done.contains(&item.id) {
+                            existing += 1;
+                        } else {
+                            pending.push(item);
+                        }
+                    }
+                    while pending.len() >= batch_size || (!more && !pending.is_empty()) {
+                        let n = pending.len().min(batch_size);
+                        let chunk: Vec<Item> = pending.drain(..n).collect();
+                        let ready = decode_batch(
+                            &*platform,
+                            &prepared,
+                            chunk,
+                            std::mem::take(&mut failed),
+                            existing,
+                            total,
+                        )
+                        .await?;
+                        if tx.send(Ok(ready)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    if !more {
+                        if existing > 0 || !failed.is_empty() {
+                            // Progress of a run with nothing left to embed.
+                            let _ = tx
+                                .send(Ok(Ready {
+                                    images: Vec::new(),
+                                    texts: Vec::new(),
+                                    failed,
+                                    existing,
+                                    total,
+                                }))
+                                .await;
+                        }
+                        return Ok(());
+                    }
+                    query.page += 1;
+                }
+            }
+            EmbedTarget::Items(ids) => {
+                let total = ids.len();
+                let mut todo = Vec::new();
+                for id in &ids {
+                    match platform.get_item(id).await {
+                        Ok(item) => {
+                            if platform.get_vector(&set_id, &item.id).await.is_ok() {
+                                existing += 1;
+                            } else {
+                                todo.push(item);
+                            }
+                        }
+                        Err(e) => failed.push(json!({"item_id": id, "reason": e.to_string()})),
+                    }
+                }
+                let mut chunks = todo.chunks(batch_size).peekable();
+                if chunks.peek().is_none() {
+                    let _ = tx
+                        .send(Ok(Ready {
+                            images: Vec::new(),
+                            texts: Vec::new(),
+                            failed,
+                            existing,
+                            total,
+                        }))
+                        .await;
+                    return Ok(());
+                }
+                for chunk in chunks {
+                    let ready = decode_batch(
+                        &*platform,
+                        &prepared,
+                        chunk.to_vec(),
+                        std::mem::take(&mut failed),
+                        existing,
+                        total,
+                    )
+                    .await?;
+                    if tx.send(Ok(ready)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+    .await;
+    if let Err(e) = outcome {
+        let _ = tx.send(Err(e)).await;
+    }
+}
+
+/// Reads and decodes one batch of items; items that cannot be read or decoded join
+/// `failed` with the reason.
+async fn decode_batch(
+    platform: &dyn Platform,
     prepared: &Arc<Prepared>,
-    items: &[Item],
-    set_id: &str,
-) -> Result<(usize, Vec<Value>)> {
-    let platform = worker.platform();
-    let mut failed = Vec::new();
-    let mut raw: Vec<(Item, Result<RawInput, String>)> = Vec::with_capacity(items.len());
+    items: Vec<Item>,
+    mut failed: Vec<Value>,
+    existing: usize,
+    total: usize,
+) -> Result<Ready> {
+    let mut raw: Vec<(Item, std::result::Result<RawInput, String>)> =
+        Vec::with_capacity(items.len());
     for item in items {
-        raw.push((item.clone(), read_input(&**platform, item).await));
+        let r = read_input(platform, &item).await;
+        raw.push((item, r));
     }
     let codec = prepared.codec.clone();
     // Decoding and resizing are CPU work: keep them off the async threads.
@@ -356,29 +475,13 @@ async fn embed_batch(
             Err(reason) => failed.push(json!({"item_id": item.id, "reason": reason})),
         }
     }
-    let image_px: Vec<Vec<f32>> = images.iter().map(|(_, p)| p.clone()).collect();
-    let text_ids: Vec<Vec<i64>> = texts.iter().map(|(_, t)| t.clone()).collect();
-    let p = prepared.clone();
-    let (img_vecs, txt_vecs) = worker
-        .device
-        .run(move |dev| features(dev, &p.dir, &p.config, image_px, text_ids))
-        .await??;
-    let vectors: Vec<NewVector> = images
-        .iter()
-        .map(|(i, _)| i)
-        .zip(img_vecs)
-        .chain(texts.iter().map(|(i, _)| i).zip(txt_vecs))
-        .map(|(item, value)| NewVector {
-            entity_id: item.id.clone(),
-            dataset_id: item.dataset_id.clone(),
-            value,
-        })
-        .collect();
-    let stored = vectors.len();
-    if !vectors.is_empty() {
-        platform.upsert_vectors(set_id, &vectors).await?;
-    }
-    Ok((stored, failed))
+    Ok(Ready {
+        images,
+        texts,
+        failed,
+        existing,
+        total,
+    })
 }
 
 enum RawInput {
@@ -409,43 +512,17 @@ async fn read_input(platform: &dyn Platform, item: &Item) -> std::result::Result
     }
 }
 
-/// One vector per input row.
-type Rows = Vec<Vec<f32>>;
-
 /// Normalised image and text features of one batch, on the device thread.
 fn features(
     dev: &mut DeviceCtx,
     dir: &Path,
     config: &ClipConfig,
+    precision: Precision,
     images: Vec<Vec<f32>>,
     texts: Vec<Vec<i64>>,
 ) -> Result<(Rows, Rows)> {
     let clip = dev.model(dir)?;
-    let dim = config.embed_dim as usize;
-    let to_rows = |t: tch::Tensor| -> Result<Vec<Vec<f32>>> {
-        let flat: Vec<f32> = Vec::<f32>::try_from(t.to_device(tch::Device::Cpu).flatten(0, -1))
-            .map_err(|e| WorkerError::Internal(format!("reading features: {e}")))?;
-        Ok(flat.chunks(dim).map(<[f32]>::to_vec).collect())
-    };
-    let img = if images.is_empty() {
-        Vec::new()
-    } else {
-        let s = config.vision.image_size;
-        let n = images.len() as i64;
-        let flat: Vec<f32> = images.into_iter().flatten().collect();
-        let pixels = tch::Tensor::from_slice(&flat).view([n, 3, s, s]);
-        to_rows(clip.image_features(&pixels, true)?)?
-    };
-    let txt = if texts.is_empty() {
-        Vec::new()
-    } else {
-        let n = texts.len() as i64;
-        let l = config.text.context_length;
-        let flat: Vec<i64> = texts.into_iter().flatten().collect();
-        let ids = tch::Tensor::from_slice(&flat).view([n, l]);
-        to_rows(clip.text_features(&ids, true)?)?
-    };
-    Ok((img, txt))
+    forward(&clip, config, precision, images, texts)
 }
 
 /// Online embedding (`POST /embed` with `texts` / `images`): L2-normalised vectors in input
@@ -476,9 +553,10 @@ pub async fn embed_online(
     .await
     .map_err(|e| WorkerError::Internal(format!("preprocessing: {e}")))??;
     let p = prepared.clone();
+    let precision = worker.embed_precision;
     let (img, txt) = worker
         .device
-        .run(move |dev| features(dev, &p.dir, &p.config, pixels, ids))
+        .run(move |dev| features(dev, &p.dir, &p.config, precision, pixels, ids))
         .await??;
     Ok((txt, img))
 }

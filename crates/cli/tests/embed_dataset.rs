@@ -1,0 +1,237 @@
+//! `cliptune embed-dataset` killed with SIGKILL mid-run, then run again: the rerun resumes
+//! the execution the killed process left, embeds only what is missing, stores exactly one
+//! vector per readable item (equal to an uninterrupted run's) and lists the corrupt image.
+
+use cliptune_store::{LocalStore, Platform};
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cliptune");
+
+/// Big enough that embedding 160 images one thread at a time takes a few seconds.
+const ARCH: &str = r#"{"embed_dim": 32, "activation": "quick_gelu",
+ "vision": {"width": 192, "layers": 6, "heads": 4, "patch_size": 8, "image_size": 64, "mlp_dim": 768},
+ "text": {"width": 32, "layers": 1, "heads": 2, "context_length": 16, "vocab_size": 49408, "mlp_dim": 64}}"#;
+
+const IMAGES: usize = 160;
+
+fn cliptune(home: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("--home")
+        .arg(home)
+        .args(args)
+        .env("CLIPTUNE_LOG", "error");
+    c
+}
+
+fn ok(mut c: Command) -> Value {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}: {}{}",
+        c,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+const EMBED: &[&str] = &[
+    "--json",
+    "embed-dataset",
+    "--dataset",
+    "shapes",
+    "--model",
+    "m",
+    "--device",
+    "cpu",
+    "--batch-size",
+    "4",
+    "--torch-threads",
+    "1",
+];
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// (entity id, vector) of every vector the model's feature set holds.
+fn vectors(home: &Path) -> Vec<(String, Vec<f32>)> {
+    rt().block_on(async {
+        let store = LocalStore::open(home).unwrap();
+        let mut all = Vec::new();
+        for set in store.list_feature_sets().await.unwrap() {
+            for id in store.vector_entities(&set.id, None).await.unwrap() {
+                let v = store.get_vector(&set.id, &id).await.unwrap();
+                all.push((id, v.value));
+            }
+        }
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    })
+}
+
+fn count(home: &Path) -> usize {
+    rt().block_on(async {
+        let store = LocalStore::open(home).unwrap();
+        let mut n = 0;
+        for set in store.list_feature_sets().await.unwrap() {
+            n += store.vector_entities(&set.id, None).await.unwrap().len();
+        }
+        n
+    })
+}
+
+#[test]
+fn kill_9_then_rerun_embeds_the_rest_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let data = tmp.path().join("data");
+    ok(cliptune(
+        &home,
+        &[
+            "demo",
+            "data",
+            "--out",
+            data.to_str().unwrap(),
+            "--count",
+            &IMAGES.to_string(),
+            "--size",
+            "64",
+        ],
+    ));
+    // A corrupt image in the middle of the dataset.
+    std::fs::write(data.join("bad.jpg"), b"\xff\xd8\xff\xe0 not really a jpeg").unwrap();
+    let mut captions = std::fs::read_to_string(data.join("captions.jsonl")).unwrap();
+    captions.push_str("{\"file\": \"bad.jpg\", \"caption\": \"a broken image\"}\n");
+    std::fs::write(data.join("captions.jsonl"), captions).unwrap();
+    let arch = tmp.path().join("arch.json");
+    std::fs::write(&arch, ARCH).unwrap();
+    ok(cliptune(
+        &home,
+        &[
+            "datasets",
+            "import",
+            data.to_str().unwrap(),
+            "--name",
+            "shapes",
+        ],
+    ));
+    ok(cliptune(
+        &home,
+        &[
+            "models",
+            "create",
+            "--arch",
+            arch.to_str().unwrap(),
+            "--name",
+            "m",
+            "--seed",
+            "1",
+        ],
+    ));
+    // An untouched copy for the uninterrupted run.
+    let clean = tmp.path().join("clean");
+    copy_dir(&home, &clean);
+
+    let mut child = cliptune(&home, EMBED)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let n = count(&home);
+        if n > 0 {
+            assert!(
+                n < IMAGES,
+                "the run finished before it could be killed ({n} vectors)"
+            );
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "embed-dataset exited early"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no vector after 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let before = count(&home);
+    assert!(
+        before > 0 && before < IMAGES,
+        "{before} vectors at the kill"
+    );
+
+    let rerun = ok(cliptune(&home, EMBED));
+    assert_eq!(rerun["status"], "success", "{rerun}");
+    let embedded = rerun["embedded"].as_u64().unwrap() as usize;
+    let already = rerun["already_embedded"].as_u64().unwrap() as usize;
+    assert_eq!(already, before, "{rerun}");
+    assert_eq!(embedded + already, IMAGES, "{rerun}");
+    let failed = rerun["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{rerun}");
+    assert!(!failed[0]["reason"].as_str().unwrap().is_empty());
+    // The killed run's execution was resumed: there is one embed execution, not two.
+    let executions = rt().block_on(async {
+        let store = LocalStore::open(&home).unwrap();
+        store.list_executions(&Default::default()).await.unwrap()
+    });
+    let embeds: Vec<_> = executions
+        .iter()
+        .filter(|e| e.function_name == "embed")
+        .collect();
+    assert_eq!(embeds.len(), 1, "{embeds:?}");
+    assert_eq!(
+        embeds[0].id.as_str(),
+        rerun["execution_id"].as_str().unwrap()
+    );
+
+    // A third run finds nothing to do.
+    let third = ok(cliptune(&home, EMBED));
+    assert_eq!(third["embedded"], 0, "{third}");
+    assert_eq!(third["already_embedded"].as_u64().unwrap() as usize, IMAGES);
+
+    // One vector per readable item, equal to an uninterrupted run's.
+    let resumed = vectors(&home);
+    assert_eq!(resumed.len(), IMAGES);
+    let whole = ok(cliptune(&clean, EMBED));
+    assert_eq!(
+        whole["embedded"].as_u64().unwrap() as usize,
+        IMAGES,
+        "{whole}"
+    );
+    let reference = vectors(&clean);
+    assert_eq!(reference.len(), IMAGES);
+    for ((a, va), (b, vb)) in resumed.iter().zip(&reference) {
+        assert_eq!(a, b);
+        let diff = va
+            .iter()
+            .zip(vb)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-5, "{a}: vectors differ by {diff}");
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
