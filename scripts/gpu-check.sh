@@ -1,22 +1,109 @@
 #!/usr/bin/env bash
-# CUDA check of the training engine: ~300 steps of ViT-B/32 at batch 128 on synthetic data
-# with bf16 autocast; prints samples/s and MFU against the GPU's bf16 dense peak.
-# Needs the CUDA libtorch layout (`make setup CUDA=1`). Unverified until run on a GPU machine.
+# CUDA checks of training and embedding (docs/training.md, docs/search.md). On a machine
+# with an NVIDIA GPU:
+#   1. training engine: ViT-B/32 at batch 128 on synthetic data, STEPS steps in bf16
+#      autocast (f32 master weights) and 100 in fp32: samples/s and MFU against the
+#      GPU's bf16 dense peak;
+#   2. end to end on CUDA with the `cliptune` binary: generated JPEGs imported as a dataset,
+#      `cliptune train` (bf16) from a random ViT-B/32, then `embed-dataset` on the CPU
+#      (fp32) and on CUDA (fp32, bf16): the vectors are compared;
+#   3. dataset embedding throughput on CUDA (JPEG files to stored vectors), fp32 and bf16.
 #
-# Run: scripts/gpu-check.sh [STEPS] [PEAK_TFLOPS]
+# Run: scripts/gpu-check.sh [STEPS=300] [IMAGES=4096]
+#   Builds with cargo (needs `make setup CUDA=1`), or uses prebuilt `cliptune` and
+#   `gpu_check` from $BIN_DIR (a GPU machine without Rust: build them elsewhere against
+#   libtorch 2.11 with CUDA and point LD_LIBRARY_PATH at that machine's torch/lib).
+#   Results go to $GPU_OUT (default out/gpu-check): log.txt and summary.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-steps=${1:-300}
-peak=${2:-}
-if [ -z "$peak" ]; then
-  name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || true)
-  case "$name" in
-    *H200*|*H100*) peak=989 ;;   # dense bf16, SXM
-    *A100*) peak=312 ;;
-    *L40S*) peak=362 ;;
-    *L4*) peak=121 ;;
-    *) peak=0 ;;
-  esac
-  echo "GPU: ${name:-unknown}; bf16 peak ${peak} TFLOP/s" >&2
+steps=${1:-300} images=${2:-4096}
+out=${GPU_OUT:-$PWD/out/gpu-check}
+mkdir -p "$out"
+if [ -n "${BIN_DIR:-}" ]; then
+  bin=$BIN_DIR/cliptune check=$BIN_DIR/gpu_check
+else
+  scripts/setup-libtorch.sh
+  cargo build --release --bin cliptune
+  cargo build --release -p cliptune-train --example gpu_check
+  bin=$PWD/target/release/cliptune check=$PWD/target/release/examples/gpu_check
 fi
-cargo run --release -p cliptune-train --example gpu_check -- "$steps" "$peak"
+py=${PYTHON:-python3}
+name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || true)
+case "$name" in
+  *H200*|*H100*) peak=989 ;;   # dense bf16, SXM
+  *A100*) peak=312 ;;
+  *L40S*) peak=362 ;;
+  *L4*) peak=121 ;;
+  *) peak=0 ;;
+esac
+echo "GPU: ${name:-none found}; bf16 dense peak ${peak} TFLOP/s"
+
+echo "== 1. training step throughput (synthetic data)"
+"$check" "$steps" "$peak" bf16 | tee "$out/train_bf16.txt"
+"$check" 100 "$peak" fp32 | tee "$out/train_fp32.txt"
+
+echo "== 2. end to end on CUDA"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+"$py" scripts/bench/make_jpegs.py "$work/jpegs" "$images"
+(cd "$work/jpegs" && i=0 && for f in *.jpg; do
+  # Three made-up classes so that training has something to learn.
+  printf '{"file": "%s", "caption": "a photo of pattern %s"}\n' "$f" $((i % 7)); i=$((i + 1))
+done > captions.jsonl)
+"$py" - "$work" <<'PY'
+import sys, os, shutil
+# A 256-image subset for the CPU/CUDA comparison.
+w = sys.argv[1]; os.makedirs(f"{w}/small", exist_ok=True)
+lines = open(f"{w}/jpegs/captions.jsonl").read().splitlines()[:256]
+for l in lines:
+    f = l.split('"')[3]; shutil.copy(f"{w}/jpegs/{f}", f"{w}/small/{f}")
+open(f"{w}/small/captions.jsonl", "w").write("\n".join(lines) + "\n")
+PY
+export CLIPTUNE_HOME=$work/home CLIPTUNE_LOG=warn
+c() { "$bin" --home "$CLIPTUNE_HOME" "$@"; }
+c datasets import "$work/jpegs" --name big >/dev/null
+c datasets import "$work/small" --name small >/dev/null
+c models create --preset ViT-B/32 --name base --seed 0 >/dev/null
+t0=$(date +%s.%N)
+c --json train --dataset big --base-model base --device cuda \
+  --config '{"batch_size": 128, "num_epochs": 2, "learning_rate": 1e-4, "precision": "bf16", "early_stopping": false}' \
+  > "$out/train_e2e.jsonl"
+t1=$(date +%s.%N)
+tail -1 "$out/train_e2e.jsonl"
+echo "cliptune train (2 epochs of $images pairs incl. evaluation) took $(echo "$t1 - $t0" | bc) s"
+trained=$(tail -1 "$out/train_e2e.jsonl" | "$py" -c 'import json,sys; r=json.load(sys.stdin); print(r.get("model_id") or r["model"]["id"])')
+for run in cpu_fp32:cpu:fp32 cuda_fp32:cuda:fp32 cuda_bf16:cuda:bf16; do
+  IFS=: read -r tag dev prec <<<"$run"
+  cp -r "$CLIPTUNE_HOME" "$work/home_$tag"
+  "$bin" --home "$work/home_$tag" --json embed-dataset --dataset small --model "$trained" \
+    --device "$dev" --precision "$prec" --batch-size 64 > "$out/embed_small_$tag.json"
+done
+"$py" - "$work" <<'PY' | tee "$out/compare.txt"
+import sqlite3, struct, sys, math
+w = sys.argv[1]
+def vecs(tag):
+    db = sqlite3.connect(f"{w}/home_{tag}/store.db")
+    rows = db.execute("SELECT entity_id, value FROM vectors").fetchall()
+    return {e: struct.unpack(f"<{len(v)//4}f", v) for e, v in rows}
+ref = vecs("cpu_fp32")
+for tag in ("cuda_fp32", "cuda_bf16"):
+    got = vecs(tag)
+    assert set(got) == set(ref), f"{tag}: {len(got)} vectors vs {len(ref)} on the CPU"
+    worst_cos, worst_abs = 1.0, 0.0
+    for e, r in ref.items():
+        g = got[e]
+        dot = sum(a * b for a, b in zip(r, g))
+        worst_cos = min(worst_cos, dot / math.sqrt(sum(a * a for a in r) * sum(b * b for b in g)))
+        worst_abs = max(worst_abs, max(abs(a - b) for a, b in zip(r, g)))
+    print(f"{tag} vs cpu_fp32 over {len(ref)} images: min cosine {worst_cos:.6f}, max |diff| {worst_abs:.2e}")
+PY
+
+echo "== 3. dataset embedding throughput on CUDA ($images JPEGs 640x480, ViT-B/32)"
+for prec in fp32 bf16; do
+  rm -rf "$work/home_tp" && cp -r "$CLIPTUNE_HOME" "$work/home_tp"
+  "$bin" --home "$work/home_tp" --json embed-dataset --dataset big --model base --device cuda \
+    --precision "$prec" --batch-size 256 > "$out/embed_big_$prec.json"
+  "$py" -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[2], r["status"], r["embedded"], "images in", r["seconds"], "s:", r["items_per_s"], "images/s")' \
+    "$out/embed_big_$prec.json" "$prec"
+done
+nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv || true

@@ -4,18 +4,21 @@ use crate::{models, output, Ctx};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use cliptune_clip::{checkpoint, parse_device, LoadOptions};
-use cliptune_train::{data, trainer, Event, Job, Metrics, Phase, TrainConfig};
+use cliptune_store::{LocalStore, Platform, Subsets};
+use cliptune_train::{data, trainer, Event, Job, Metrics, Phase, Source, TrainConfig};
 use serde::Serialize;
 use serde_json::Value;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Fine-tune a model on captioned images and register the result as a new model.
 ///
 /// Example: cliptune train --data ./pets --base-model openai-b32 --config '{"num_epochs": 5, "learning_rate": 1e-5}'
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["data", "dataset"])))]
 #[command(
     after_help = "Data folder: captions.jsonl with one {\"file\", \"caption\", \"subset\"?, \"label\"?} object per line \
 (subset: train | validation; without it 10% is held out by a seeded split).\n\
@@ -25,7 +28,11 @@ Config keys: see docs/training.md."
 pub struct TrainArgs {
     /// Folder with captions.jsonl and the images it names.
     #[arg(long)]
-    data: PathBuf,
+    data: Option<PathBuf>,
+    /// Dataset of the store (id or name): items tagged train / validation are the subsets
+    /// (untagged: a seeded 10% split, as for a folder).
+    #[arg(long)]
+    dataset: Option<String>,
     /// Base model: registry id or name, or a checkpoint path.
     #[arg(long)]
     base_model: String,
@@ -53,13 +60,17 @@ pub struct TrainArgs {
 ///
 /// Example: cliptune eval --model openai-b32 --data ./pets --subset validation --json
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["data", "dataset"])))]
 pub struct EvalArgs {
     /// Registry id or name, or a checkpoint path.
     #[arg(long)]
     model: String,
     /// Folder with captions.jsonl and the images it names.
     #[arg(long)]
-    data: PathBuf,
+    data: Option<PathBuf>,
+    /// Dataset of the store (id or name): its items tagged train or validation.
+    #[arg(long)]
+    dataset: Option<String>,
     /// Only pairs of this subset (default: every pair).
     #[arg(long)]
     subset: Option<String>,
@@ -127,13 +138,65 @@ fn set_threads(n: usize) {
     }
 }
 
+/// The pairs of a folder, or of a store dataset. A dataset's images are read through the
+/// store while training runs, so the runtime that serves those reads comes back with it and
+/// must be kept alive until the end.
+fn read_source(
+    ctx: &Ctx,
+    folder: Option<&Path>,
+    dataset: Option<&str>,
+) -> Result<(Source, Option<tokio::runtime::Runtime>)> {
+    match (folder, dataset) {
+        (Some(dir), _) => Ok((data::read_folder(dir)?, None)),
+        (None, Some(name)) => {
+            let rt = crate::serve::runtime()?;
+            let store: Arc<dyn Platform> = Arc::new(LocalStore::open(&ctx.home)?);
+            let source = rt.block_on(async {
+                let ds = store.resolve_dataset(name).await?;
+                let tagged = cliptune_worker::nodes::train::dataset_source(
+                    &store,
+                    &ds.id,
+                    &Subsets::default_filters(),
+                    &|| Ok(()),
+                )
+                .await?;
+                if !tagged.pairs.is_empty() || !tagged.bad.is_empty() {
+                    return anyhow::Ok(tagged);
+                }
+                // No item is tagged train or validation: every item, split the way a
+                // folder without a subset column is (a seeded 10% for validation).
+                let everything = Subsets {
+                    train: cliptune_store::dql::default_filter(),
+                    validation: serde_json::json!({"id": "$none"}),
+                };
+                let mut source = cliptune_worker::nodes::train::dataset_source(
+                    &store,
+                    &ds.id,
+                    &everything,
+                    &|| Ok(()),
+                )
+                .await?;
+                for pair in &mut source.pairs {
+                    pair.subset = None;
+                }
+                if source.pairs.is_empty() {
+                    bail!("dataset {name} has no usable image-caption pairs");
+                }
+                anyhow::Ok(source)
+            })?;
+            Ok((source, Some(rt)))
+        }
+        (None, None) => bail!("give --data DIR or --dataset D"),
+    }
+}
+
 pub fn train(ctx: &Ctx, args: TrainArgs) -> Result<()> {
     let user = read_config(args.config.as_deref())?;
     let base = models::resolve(ctx, &args.base_model)?;
     let parsed = TrainConfig::from_layers(&[&base_config(&base)?, &user])?;
     let device = parse_device(&args.device)?;
     set_threads(args.threads);
-    let source = data::read_folder(&args.data)?;
+    let (source, _runtime) = read_source(ctx, args.data.as_deref(), args.dataset.as_deref())?;
     let base_name = args.base_model.clone();
     let job = Job {
         base: base.clone(),
@@ -208,7 +271,7 @@ pub fn eval(ctx: &Ctx, args: EvalArgs) -> Result<()> {
         bail!("--eval-batch-size must be at least 2");
     }
     let clip = checkpoint::load(&path, device, &LoadOptions::default())?;
-    let source = data::read_folder(&args.data)?;
+    let (source, _runtime) = read_source(ctx, args.data.as_deref(), args.dataset.as_deref())?;
     let (metrics, bad, n) = trainer::evaluate_pairs(
         &clip,
         &source,

@@ -248,3 +248,70 @@ fn kill_9_then_resume_matches_uninterrupted() {
     let msg = String::from_utf8_lossy(&bad.stdout);
     assert!(msg.contains("batch_size"), "{msg}");
 }
+
+/// `--dataset` reads the pairs of a store dataset instead of a folder (untagged items: the
+/// seeded split a folder without a subset column gets).
+#[test]
+fn train_and_eval_from_a_store_dataset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let data = make_data(tmp.path());
+    let arch = tmp.path().join("arch.json");
+    std::fs::write(&arch, ARCH).unwrap();
+    let run = |args: &[&str]| -> Vec<Value> {
+        let out = cliptune(&home, args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        json_lines(&out.stdout)
+    };
+    run(&[
+        "datasets",
+        "import",
+        data.to_str().unwrap(),
+        "--name",
+        "squares",
+    ]);
+    run(&[
+        "models",
+        "create",
+        "--arch",
+        arch.to_str().unwrap(),
+        "--name",
+        "base",
+    ]);
+    let lines = run(&[
+        "--json",
+        "train",
+        "--dataset",
+        "squares",
+        "--base-model",
+        "base",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--config",
+        r#"{"batch_size": 4, "num_epochs": 1, "seed": 3, "eval_batch_size": 4}"#,
+    ]);
+    let done = lines.last().unwrap();
+    assert_eq!(done["event"], "done", "{done}");
+    assert_eq!(done["epochs_run"], 1);
+    let out = cliptune(
+        &home,
+        &["--json", "eval", "--model", "base", "--dataset", "squares"],
+    )
+    .output()
+    .unwrap();
+    let all: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(all["pairs"], 36, "{all}");
+    assert!(all["i2t_r1"].as_f64().unwrap() >= 0.0);
+    // Neither or both sources is a usage error that names the flags.
+    let out = cliptune(&home, &["train", "--base-model", "base"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--dataset"));
+}

@@ -7,7 +7,7 @@
 
 mod create_model;
 pub mod embed;
-mod train;
+pub mod train;
 mod update_variable;
 
 use crate::error::{Result, WorkerError};

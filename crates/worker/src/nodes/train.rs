@@ -125,29 +125,7 @@ async fn train(mut model: Model, input: TrainInput, ctx: &NodeCtx) -> Result<Val
     model.status = ModelStatus::Training;
     model = platform.update_model(&model).await?;
     ctx.progress(1, "resolving training pairs");
-    let fetcher: Arc<dyn ImageFetcher> = Arc::new(PlatformFetcher {
-        platform: platform.clone(),
-        runtime: tokio::runtime::Handle::current(),
-    });
-    let mut source = Source::default();
-    for (subset, filter) in [
-        ("train", &subsets.train),
-        ("validation", &subsets.validation),
-    ] {
-        let items = platform
-            .all_items(&dataset_id, Some(filter.clone()))
-            .await?;
-        for item in items {
-            ctx.check()?;
-            match pair_of(&*platform, &item, subset, &fetcher).await {
-                Ok(pair) => source.pairs.push(pair),
-                Err(reason) => source.bad.push(BadPair {
-                    id: item.id.clone(),
-                    reason,
-                }),
-            }
-        }
-    }
+    let source = dataset_source(&platform, &dataset_id, &subsets, &|| ctx.check()).await?;
     ctx.progress(
         2,
         format!("{} pairs; fetching base weights", source.pairs.len()),
@@ -255,6 +233,40 @@ async fn train(mut model: Model, input: TrainInput, ctx: &NodeCtx) -> Result<Val
         "pairs": {"train": report.data.train, "validation": report.data.validation, "skipped": report.data.bad},
         "warnings": report.warnings,
     }))
+}
+
+/// The training pairs of a dataset: the items each subset's filter selects, tagged with
+/// that subset, images read through the platform when the trainer decodes them. Items
+/// without an image or a caption are listed in `bad`. Must run inside a tokio runtime,
+/// which must outlive the training that reads the images.
+pub async fn dataset_source(
+    platform: &Arc<dyn Platform>,
+    dataset_id: &str,
+    subsets: &Subsets,
+    check: &(dyn Fn() -> Result<()> + Sync),
+) -> Result<Source> {
+    let fetcher: Arc<dyn ImageFetcher> = Arc::new(PlatformFetcher {
+        platform: platform.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    });
+    let mut source = Source::default();
+    for (subset, filter) in [
+        ("train", &subsets.train),
+        ("validation", &subsets.validation),
+    ] {
+        let items = platform.all_items(dataset_id, Some(filter.clone())).await?;
+        for item in items {
+            check()?;
+            match pair_of(&**platform, &item, subset, &fetcher).await {
+                Ok(pair) => source.pairs.push(pair),
+                Err(reason) => source.bad.push(BadPair {
+                    id: item.id.clone(),
+                    reason,
+                }),
+            }
+        }
+    }
+    Ok(source)
 }
 
 /// The pair an item contributes, or why it cannot.
