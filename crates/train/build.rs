@@ -13,6 +13,7 @@ fn build_autocast_shim() {
     cc::Build::new()
         .cpp(true)
         .file("src/autocast.cpp")
+        .file("src/fused.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
@@ -21,6 +22,7 @@ fn build_autocast_shim() {
         .warnings(false)
         .compile("cliptune_autocast");
     println!("cargo:rerun-if-changed=src/autocast.cpp");
+    println!("cargo:rerun-if-changed=src/fused.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
 }
 

@@ -19,6 +19,102 @@ pub struct Param {
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
     step: i64,
+    /// `step` as the f32 scalar on the device that the fused kernel counts with.
+    step_t: Option<Tensor>,
+}
+
+#[allow(unsafe_code)]
+mod ffi {
+    use std::ffi::{c_char, c_int, c_void};
+    use tch::Tensor;
+
+    extern "C" {
+        fn cliptune_fused_adamw(
+            params: *const *const c_void,
+            grads: *const *const c_void,
+            exp_avgs: *const *const c_void,
+            exp_avg_sqs: *const *const c_void,
+            steps: *const *const c_void,
+            n: c_int,
+            lr: f64,
+            beta1: f64,
+            beta2: f64,
+            weight_decay: f64,
+            eps: f64,
+            err: *mut c_char,
+            err_len: c_int,
+        ) -> c_int;
+        fn cliptune_foreach_zero(tensors: *const *const c_void, n: c_int) -> c_int;
+    }
+
+    /// Zeroes the tensors in place with one multi-tensor launch; false when it failed.
+    pub fn foreach_zero(tensors: &[Tensor]) -> bool {
+        let p: Vec<*const c_void> = tensors
+            .iter()
+            .map(|t| t.as_ptr() as *const c_void)
+            .collect();
+        // SAFETY: live tch tensors borrowed for the call; the shim catches every exception.
+        unsafe { cliptune_foreach_zero(p.as_ptr(), p.len() as c_int) == 0 }
+    }
+
+    /// `torch._fused_adamw_` over one group (same lr and weight decay). Every slice has
+    /// the same length; the tensors live on one device, f32, with the shapes AdamW needs.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fused_adamw(
+        params: &[&Tensor],
+        grads: &[Tensor],
+        exp_avgs: &[&Tensor],
+        exp_avg_sqs: &[&Tensor],
+        steps: &[&Tensor],
+        lr: f64,
+        betas: [f64; 2],
+        weight_decay: f64,
+        eps: f64,
+    ) -> Result<(), String> {
+        let n = params.len();
+        assert!(
+            grads.len() == n && exp_avgs.len() == n && exp_avg_sqs.len() == n && steps.len() == n
+        );
+        let ptrs = |ts: &[&Tensor]| -> Vec<*const c_void> {
+            ts.iter().map(|t| t.as_ptr() as *const c_void).collect()
+        };
+        let grads: Vec<&Tensor> = grads.iter().collect();
+        let (p, g, m, v, s) = (
+            ptrs(params),
+            ptrs(&grads),
+            ptrs(exp_avgs),
+            ptrs(exp_avg_sqs),
+            ptrs(steps),
+        );
+        let mut err = [0 as c_char; 512];
+        // SAFETY: every pointer is a live tch tensor (an `at::Tensor*`) borrowed for the
+        // call; the shim only reads the arrays, updates the tensors in place (as torch's
+        // optimizer does) and catches every C++ exception.
+        let rc = unsafe {
+            cliptune_fused_adamw(
+                p.as_ptr(),
+                g.as_ptr(),
+                m.as_ptr(),
+                v.as_ptr(),
+                s.as_ptr(),
+                n as c_int,
+                lr,
+                betas[0],
+                betas[1],
+                weight_decay,
+                eps,
+                err.as_mut_ptr(),
+                err.len() as c_int,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            // SAFETY: the shim NUL-terminates what it writes; `err` starts zeroed.
+            let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) };
+            Err(msg.to_string_lossy().into_owned())
+        }
+    }
 }
 
 /// How a variable is treated: trainable or not, its learning-rate scale and decay.
@@ -86,12 +182,15 @@ pub fn treatment(name: &str, shape: &[i64], model: &ClipConfig, cfg: &TrainConfi
     }
 }
 
-/// `torch.optim.AdamW`'s algorithm (non-amsgrad, non-fused).
+/// `torch.optim.AdamW`'s algorithm (non-amsgrad). On CUDA the update runs as torch's
+/// fused multi-tensor kernel (`fused=True`), one launch per parameter group; on the CPU as
+/// the per-parameter ops of the default (for-loop) implementation.
 pub struct AdamW {
     params: Vec<Param>,
     betas: [f64; 2],
     eps: f64,
     weight_decay: f64,
+    fused: bool,
 }
 
 impl AdamW {
@@ -114,14 +213,27 @@ impl AdamW {
                 lr_scale,
                 decay,
                 step: 0,
+                step_t: None,
             })
-            .collect();
+            .collect::<Vec<Param>>();
+        let fused = params.first().is_some_and(|p| p.tensor.device().is_cuda());
         Self {
             params,
             betas,
             eps,
             weight_decay,
+            fused,
         }
+    }
+
+    /// Chooses torch's fused kernel or the per-parameter ops (the default is fused on CUDA
+    /// only; the CPU has a fused kernel too, used here to check one against the other).
+    pub fn set_fused(&mut self, fused: bool) {
+        self.fused = fused;
+    }
+
+    pub fn is_fused(&self) -> bool {
+        self.fused
     }
 
     pub fn params(&self) -> &[Param] {
@@ -130,6 +242,17 @@ impl AdamW {
 
     /// Clears the gradients (to zero, keeping their buffers).
     pub fn zero_grad(&mut self) {
+        if self.fused {
+            let grads: Vec<Tensor> = self
+                .params
+                .iter()
+                .map(|p| p.tensor.grad())
+                .filter(Tensor::defined)
+                .collect();
+            if grads.is_empty() || ffi::foreach_zero(&grads) {
+                return;
+            }
+        }
         for p in &mut self.params {
             p.tensor.zero_grad();
         }
@@ -194,6 +317,15 @@ impl AdamW {
     /// One update with learning rate `lr` (times each parameter's scale). Parameters
     /// without a gradient are skipped, as torch does.
     pub fn step(&mut self, lr: f64) {
+        if self.fused {
+            if let Err(e) = self.step_fused(lr) {
+                // Not expected on a CUDA build of libtorch; keep training, the slow way.
+                tracing::warn!(error = %e, "fused AdamW failed; using the per-parameter update");
+                self.fused = false;
+            } else {
+                return;
+            }
+        }
         let [b1, b2] = self.betas;
         tch::no_grad(|| {
             for p in &mut self.params {
@@ -216,6 +348,55 @@ impl AdamW {
                 let _ = p.tensor.addcdiv_(&(&p.exp_avg * (-lr / bias1)), &denom);
             }
         });
+    }
+
+    /// One fused update per group of parameters sharing learning rate and weight decay.
+    fn step_fused(&mut self, lr: f64) -> std::result::Result<(), String> {
+        let wd = self.weight_decay;
+        let mut groups: Vec<((u64, bool), Vec<usize>)> = Vec::new();
+        for (i, p) in self.params.iter_mut().enumerate() {
+            if !p.tensor.grad().defined() {
+                continue;
+            }
+            if p.step_t.is_none() {
+                p.step_t = Some(
+                    Tensor::from(p.step as f32)
+                        .to_kind(Kind::Float)
+                        .to_device(p.tensor.device()),
+                );
+            }
+            let key = (p.lr_scale.to_bits(), p.decay && wd != 0.0);
+            match groups.iter_mut().find(|g| g.0 == key) {
+                Some(g) => g.1.push(i),
+                None => groups.push((key, vec![i])),
+            }
+        }
+        tch::no_grad(|| {
+            for ((scale, decay), idx) in &groups {
+                let ps: Vec<&Param> = idx.iter().map(|&i| &self.params[i]).collect();
+                let grads: Vec<Tensor> = ps.iter().map(|p| p.tensor.grad()).collect();
+                ffi::fused_adamw(
+                    &ps.iter().map(|p| &p.tensor).collect::<Vec<_>>(),
+                    &grads,
+                    &ps.iter().map(|p| &p.exp_avg).collect::<Vec<_>>(),
+                    &ps.iter().map(|p| &p.exp_avg_sq).collect::<Vec<_>>(),
+                    &ps.iter()
+                        .map(|p| p.step_t.as_ref().expect("set above"))
+                        .collect::<Vec<_>>(),
+                    lr * f64::from_bits(*scale),
+                    self.betas,
+                    if *decay { wd } else { 0.0 },
+                    self.eps,
+                )?;
+            }
+            Ok::<(), String>(())
+        })?;
+        for (_, idx) in &groups {
+            for &i in idx {
+                self.params[i].step += 1;
+            }
+        }
+        Ok(())
     }
 
     /// Optimizer state as named tensors (for checkpoints).
@@ -260,6 +441,7 @@ impl AdamW {
             p.exp_avg = a.to_kind(Kind::Float).to_device(device).detach();
             p.exp_avg_sq = s.to_kind(Kind::Float).to_device(device).detach();
             p.step = step.int64_value(&[]);
+            p.step_t = None;
         }
         Ok(())
     }
@@ -382,5 +564,67 @@ mod tests {
         opt.zero_grad();
         assert_eq!(opt.grad_norm(), 0.0);
         w.zero_grad();
+    }
+
+    /// The fused kernel and the per-parameter ops give the same parameters, groups with
+    /// different learning-rate scales and decay included (on the CPU here; the GPU check
+    /// compares them on CUDA).
+    #[test]
+    fn fused_matches_per_parameter_update() {
+        tch::manual_seed(0);
+        let shapes: [&[i64]; 4] = [&[4, 3], &[3], &[5, 2, 2], &[1]];
+        let init: Vec<Tensor> = shapes
+            .iter()
+            .map(|s| Tensor::randn(*s, (Kind::Float, tch::Device::Cpu)))
+            .collect();
+        let make = |fused: bool| {
+            let vars: Vec<Tensor> = init
+                .iter()
+                .map(|t| t.copy().set_requires_grad(true))
+                .collect();
+            let params = vars
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    (
+                        format!("p{i}"),
+                        v.shallow_clone(),
+                        [1.0, 0.5, 0.25, 1.0][i],
+                        i % 2 == 0,
+                    )
+                })
+                .collect();
+            let mut opt = AdamW::new(params, [0.9, 0.98], 1e-6, 0.2);
+            opt.set_fused(fused);
+            (vars, opt)
+        };
+        let (a, mut opt_a) = make(false);
+        let (b, mut opt_b) = make(true);
+        for step in 0..5 {
+            for (vars, opt) in [(&a, &mut opt_a), (&b, &mut opt_b)] {
+                opt.zero_grad();
+                let loss: Tensor = vars
+                    .iter()
+                    .map(|v| (v * v * (step as f64 + 1.0)).sin().sum(Kind::Float))
+                    .fold(Tensor::from(0f32), |acc, x| acc + x);
+                loss.backward();
+                opt.step(1e-2);
+            }
+        }
+        assert!(opt_b.is_fused(), "the fused kernel failed and fell back");
+        for (x, y) in a.iter().zip(&b) {
+            let diff = (x - y).abs().max().double_value(&[]);
+            assert!(
+                diff < 1e-6,
+                "fused and per-parameter updates differ by {diff}"
+            );
+        }
+        let steps = opt_b
+            .state()
+            .into_iter()
+            .find(|(k, _)| k == "step.p0")
+            .unwrap()
+            .1;
+        assert_eq!(steps.int64_value(&[]), 5);
     }
 }
