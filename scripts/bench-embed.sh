@@ -5,10 +5,11 @@
 #   open_clip: the same JPEG files -> PyTorch DataLoader (open_clip's transform) ->
 #             encode_image -> vectors in a .npy.
 # Same randomly initialised ViT-B/32 (QuickGELU) weights, batch size and thread count.
-#   scripts/bench-embed.sh [images=256] [batch=32] [threads=$(nproc)]
+#   scripts/bench-embed.sh [images=256] [batch=32] [threads=$(nproc)] [precision=fp32|bf16]
+# (bf16: CPU autocast on both sides; fast on CPUs with native bf16, e.g. AVX512-BF16/AMX.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-n=${1:-256} batch=${2:-32} threads=${3:-$(nproc)}
+n=${1:-256} batch=${2:-32} threads=${3:-$(nproc)} precision=${4:-fp32}
 scripts/setup-libtorch.sh >/dev/null
 py=$(scripts/refvenv.sh)
 cargo build --release -q --bin cliptune
@@ -25,12 +26,12 @@ export CLIPTUNE_HOME=$work/home RAYON_NUM_THREADS=$threads OMP_NUM_THREADS=$thre
 rm -rf "$CLIPTUNE_HOME"
 $bin models import "$work/vitb32.safetensors" --name bench-b32 >/dev/null
 
-echo "== cliptune: import + embed node, $n JPEGs (640x480), batch $batch, $threads threads"
+echo "== cliptune: import + embed node, $n JPEGs (640x480), batch $batch, $threads threads, $precision"
 t0=$(date +%s.%N)
 $bin datasets import "$work/jpegs" --name bench >/dev/null
 t1=$(date +%s.%N)
 port=$(( 20000 + RANDOM % 20000 ))
-$bin serve --addr 127.0.0.1:$port --device cpu --torch-threads "$threads" --embed-batch-size "$batch" >"$work/serve.log" 2>&1 &
+$bin serve --addr 127.0.0.1:$port --device cpu --torch-threads "$threads" --embed-batch-size "$batch" --embed-precision "$precision" >"$work/serve.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
@@ -51,7 +52,7 @@ PY
 echo "$ours"
 
 echo "== open_clip + DataLoader: same files, batch $batch, $threads threads"
-theirs=$("$py" scripts/bench/embed_open_clip.py "$work/vitb32.safetensors" "$work/jpegs" "$work/open_clip.npy" "$batch" "$threads")
+theirs=$("$py" scripts/bench/embed_open_clip.py "$work/vitb32.safetensors" "$work/jpegs" "$work/open_clip.npy" "$batch" "$threads" "$precision")
 echo "$theirs"
 "$py" - "$ours" "$theirs" <<'PY'
 import json, sys

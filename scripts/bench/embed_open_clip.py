@@ -2,7 +2,9 @@
 preprocessed by a DataLoader (open_clip's own transform, `threads` workers), ViT-B-32 image
 features under inference_mode with `threads` intra-op threads, L2-normalised and written to
 one .npy. Prints one JSON line.
-Usage: embed_open_clip.py MODEL.safetensors IMAGE_DIR OUT.npy BATCH THREADS"""
+With PRECISION bf16 the forward runs under CPU autocast to bfloat16 (as `cliptune
+--embed-precision bf16`).
+Usage: embed_open_clip.py MODEL.safetensors IMAGE_DIR OUT.npy BATCH THREADS [fp32|bf16]"""
 import json
 import sys
 import time
@@ -17,6 +19,7 @@ from safetensors.torch import load_file
 
 model_path, image_dir, out = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 batch, threads = int(sys.argv[4]), int(sys.argv[5])
+precision = sys.argv[6] if len(sys.argv) > 6 else "fp32"
 torch.set_num_threads(threads)
 model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32-quickgelu", pretrained=None)
 model.load_state_dict(load_file(model_path))
@@ -36,10 +39,10 @@ class Files(torch.utils.data.Dataset):
 start = time.perf_counter()
 loader = torch.utils.data.DataLoader(Files(), batch_size=batch, num_workers=threads, shuffle=False)
 vectors = []
-with torch.inference_mode():
+with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
     for pixels in loader:
-        vectors.append(F.normalize(model.encode_image(pixels), dim=-1).numpy())
+        vectors.append(F.normalize(model.encode_image(pixels).float(), dim=-1).numpy())
 np.save(out, np.concatenate(vectors))
 seconds = time.perf_counter() - start
-print(json.dumps({"impl": "open_clip + DataLoader", "images": len(files), "batch": batch, "threads": threads,
+print(json.dumps({"impl": "open_clip + DataLoader", "precision": precision, "images": len(files), "batch": batch, "threads": threads,
                   "seconds": round(seconds, 2), "images_per_s": round(len(files) / seconds, 2)}))

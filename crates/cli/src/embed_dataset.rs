@@ -12,7 +12,6 @@ use clap::Args;
 use cliptune_store::{dql, ExecutionStatus, LocalStore, Platform};
 use cliptune_worker::{Function, Worker, WorkerConfig};
 use serde_json::{json, Value};
-use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -69,7 +68,6 @@ pub fn run(ctx: &Ctx, args: EmbedDatasetArgs) -> Result<()> {
     config.embed_precision = args.precision.clone();
     config.torch_threads = args.torch_threads;
     let started = Instant::now();
-    let show_bar = !ctx.json && std::io::stderr().is_terminal();
     let execution = runtime()?.block_on(async {
         let (worker, recovery) =
             Worker::start_recovering(store.clone(), config, ctx.home.clone()).await?;
@@ -96,17 +94,7 @@ pub fn run(ctx: &Ctx, args: EmbedDatasetArgs) -> Result<()> {
                     .id
             }
         };
-        let bar = show_bar.then(|| {
-            let bar = indicatif::ProgressBar::new(100);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{elapsed_precise} [{bar:30}] {pos:>3}% {msg}",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
-            );
-            bar
-        });
+        let bar = output::percent_bar(ctx);
         let waiting = worker.wait(&id);
         tokio::pin!(waiting);
         let mut last_line = Instant::now();

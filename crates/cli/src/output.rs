@@ -24,3 +24,17 @@ pub fn fail(ctx: &Ctx, err: &anyhow::Error) -> ! {
     eprintln!("error: {}", chain.join(": "));
     std::process::exit(1);
 }
+
+/// A 0-100% bar on stderr for long work (only when stderr is a terminal and not `--json`).
+pub fn percent_bar(ctx: &Ctx) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    (!ctx.json && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(100);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos:>3}% {msg}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar
+    })
+}

@@ -10,7 +10,6 @@ use cliptune_store::{
 };
 use cliptune_worker::{pipeline, Worker, WorkerConfig};
 use serde_json::{json, Value};
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -210,17 +209,7 @@ fn execute(ctx: &Ctx, name: &str, vars: &[String], device: &str, batch: usize) -
     let (run, nodes) = runtime()?.block_on(async {
         let worker = Worker::start(store.clone(), config, ctx.home.clone()).await?;
         let run = pipeline::execute(&worker, name, &values).await?;
-        let bar = (!ctx.json && std::io::stderr().is_terminal()).then(|| {
-            let bar = indicatif::ProgressBar::new(100);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{elapsed_precise} [{bar:30}] {pos:>3}% {msg}",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
-            );
-            bar
-        });
+        let bar = output::percent_bar(ctx);
         let waiting = worker.wait(&run.id);
         tokio::pin!(waiting);
         let done = loop {

@@ -144,24 +144,11 @@ impl Matrix {
         // The bound cannot rule out some rows: rescore every row that might beat the k-th.
         let threshold = top.floor();
         let seen: std::collections::HashSet<usize> = approx.iter().map(|c| c.0).collect();
-        let kernel = kernel();
-        let dim = self.dim;
-        let extra = self
-            .codes
-            .par_chunks(CHUNK * dim)
-            .enumerate()
-            .map(|(c, block)| {
-                let mut more = TopK::new(k);
-                for (i, codes) in block.chunks_exact(dim).enumerate() {
-                    let r = c * CHUNK + i;
-                    let a = kernel(codes, &q) * self.scales[r];
-                    if a + bound(r) >= threshold && !seen.contains(&r) && keep(r) {
-                        more.push(r, dot(self.row(r), &q));
-                    }
-                }
-                more
-            })
-            .reduce(|| TopK::new(k), TopK::merge);
+        let extra = self.fold_rows(k, &q, |more, r, a| {
+            if a + bound(r) >= threshold && !seen.contains(&r) && keep(r) {
+                more.push(r, dot(self.row(r), &q));
+            }
+        });
         top.merge(extra).into_sorted()
     }
 
@@ -177,6 +164,17 @@ impl Matrix {
         keep: &(dyn Fn(usize) -> bool + Sync),
         q: &[f32],
     ) -> Vec<(usize, f32)> {
+        self.fold_rows(n, q, |top, r, s| {
+            if s > top.floor() && keep(r) {
+                top.push(r, s);
+            }
+        })
+        .into_sorted()
+    }
+
+    /// Every row's int8 score with `q`, folded into per-task top-`n` lists by
+    /// `visit(top, row, score)` over 4096-row chunks in parallel, then merged.
+    fn fold_rows(&self, n: usize, q: &[f32], visit: impl Fn(&mut TopK, usize, f32) + Sync) -> TopK {
         let dim = self.dim;
         let kernel = kernel();
         self.codes
@@ -186,15 +184,11 @@ impl Matrix {
                 let mut top = TopK::new(n);
                 for (i, codes) in block.chunks_exact(dim).enumerate() {
                     let r = c * CHUNK + i;
-                    let s = kernel(codes, q) * self.scales[r];
-                    if s > top.floor() && keep(r) {
-                        top.push(r, s);
-                    }
+                    visit(&mut top, r, kernel(codes, q) * self.scales[r]);
                 }
                 top
             })
             .reduce(|| TopK::new(n), TopK::merge)
-            .into_sorted()
     }
 }
 

@@ -210,6 +210,19 @@ struct Ready {
     total: usize,
 }
 
+impl Ready {
+    /// No inputs, only progress (the items left over were all embedded or unreadable).
+    fn counts(failed: Vec<Value>, existing: usize, total: usize) -> Self {
+        Self {
+            images: Vec::new(),
+            texts: Vec::new(),
+            failed,
+            existing,
+            total,
+        }
+    }
+}
+
 /// Batches decoded ahead of the device: decoding batch n+1 overlaps the forward pass of
 /// batch n, and at most this many wait, so memory stays bounded whatever the dataset size.
 const READ_AHEAD: usize = 2;
@@ -352,7 +365,7 @@ async fn read_batches(
                         let n = pending.len().min(batch_size);
                         let chunk: Vec<Item> = pending.drain(..n).collect();
                         let ready = decode_batch(
-                            &*platform,
+                            &platform,
                             &prepared,
                             chunk,
                             std::mem::take(&mut failed),
@@ -366,16 +379,7 @@ async fn read_batches(
                     }
                     if !more {
                         if existing > 0 || !failed.is_empty() {
-                            // Progress of a run with nothing left to embed.
-                            let _ = tx
-                                .send(Ok(Ready {
-                                    images: Vec::new(),
-                                    texts: Vec::new(),
-                                    failed,
-                                    existing,
-                                    total,
-                                }))
-                                .await;
+                            let _ = tx.send(Ok(Ready::counts(failed, existing, total))).await;
                         }
                         return Ok(());
                     }
@@ -399,20 +403,12 @@ async fn read_batches(
                 }
                 let mut chunks = todo.chunks(batch_size).peekable();
                 if chunks.peek().is_none() {
-                    let _ = tx
-                        .send(Ok(Ready {
-                            images: Vec::new(),
-                            texts: Vec::new(),
-                            failed,
-                            existing,
-                            total,
-                        }))
-                        .await;
+                    let _ = tx.send(Ok(Ready::counts(failed, existing, total))).await;
                     return Ok(());
                 }
                 for chunk in chunks {
                     let ready = decode_batch(
-                        &*platform,
+                        &platform,
                         &prepared,
                         chunk.to_vec(),
                         std::mem::take(&mut failed),
@@ -437,18 +433,30 @@ async fn read_batches(
 /// Reads and decodes one batch of items; items that cannot be read or decoded join
 /// `failed` with the reason.
 async fn decode_batch(
-    platform: &dyn Platform,
+    platform: &Arc<dyn Platform>,
     prepared: &Arc<Prepared>,
     items: Vec<Item>,
     mut failed: Vec<Value>,
     existing: usize,
     total: usize,
 ) -> Result<Ready> {
-    let mut raw: Vec<(Item, std::result::Result<RawInput, String>)> =
-        Vec::with_capacity(items.len());
-    for item in items {
-        let r = read_input(platform, &item).await;
-        raw.push((item, r));
+    // The reads run concurrently: with a remote platform each one is a download.
+    let reads: Vec<_> = items
+        .into_iter()
+        .map(|item| {
+            let platform = platform.clone();
+            tokio::spawn(async move {
+                let r = read_input(&*platform, &item).await;
+                (item, r)
+            })
+        })
+        .collect();
+    let mut raw = Vec::with_capacity(reads.len());
+    for read in reads {
+        raw.push(
+            read.await
+                .map_err(|e| WorkerError::Internal(format!("reading an item: {e}")))?,
+        );
     }
     let codec = prepared.codec.clone();
     // Decoding and resizing are CPU work: keep them off the async threads.
