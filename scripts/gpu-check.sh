@@ -7,7 +7,10 @@
 #   2. end to end on CUDA with the `cliptune` binary: generated JPEGs imported as a dataset,
 #      `cliptune train` (bf16) from a random ViT-B/32, then `embed-dataset` on the CPU
 #      (fp32) and on CUDA (fp32, bf16): the vectors are compared;
-#   3. dataset embedding throughput on CUDA (JPEG files to stored vectors), fp32 and bf16.
+#   3. dataset embedding throughput on CUDA (JPEG files to stored vectors), fp32 and bf16;
+#   4. the worker on CUDA: `make run`'s pipeline (create model -> train -> update variable
+#      -> embed, scripts/demo.sh), then `cliptune serve`: POST /search, and POST /embed of an
+#      image compared with the vector the embed node stored for it.
 #
 # Run: scripts/gpu-check.sh [STEPS=300] [IMAGES=4096]
 #   Builds with cargo (needs `make setup CUDA=1`), or uses prebuilt `cliptune` and
@@ -30,6 +33,8 @@ else
 fi
 py=${PYTHON:-python3}
 device=${GPU_CHECK_DEVICE:-cuda}
+parts=" ${GPU_CHECK_PARTS:-1 2 3 4} "   # e.g. GPU_CHECK_PARTS=4 runs only part 4
+has() { [[ "$parts" == *" $1 "* ]]; }
 name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || true)
 case "$name" in
   *H200*|*H100*) peak=989 ;;   # dense bf16, SXM
@@ -40,15 +45,16 @@ case "$name" in
 esac
 echo "GPU: ${name:-none found}; bf16 dense peak ${peak} TFLOP/s"
 
-if [ "$device" = cuda ]; then
+if [ "$device" = cuda ] && has 1; then
   echo "== 1. training step throughput (synthetic data)"
   "$check" "$steps" "$peak" bf16 | tee "$out/train_bf16.txt"
   "$check" 100 "$peak" fp32 | tee "$out/train_fp32.txt"
 fi
 
-echo "== 2. end to end on CUDA"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+if has 2 || has 3; then
+echo "== 2. end to end on CUDA"
 "$py" scripts/bench/make_jpegs.py "$work/jpegs" "$images"
 (cd "$work/jpegs" && i=0 && for f in *.jpg; do
   # Seven made-up classes so that training has something to fit.
@@ -116,4 +122,39 @@ for prec in fp32 bf16; do
   "$py" -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[2], r["status"], r["embedded"], "images in", r["seconds"], "s:", r["items_per_s"], "images/s")' \
     "$out/embed_big_$prec.json" "$prec"
 done
+
+fi
+
+echo "== 4. the worker on $device: the pipeline, then serve, /search and /embed"
+CLIPTUNE_BIN=$bin CLIPTUNE_DEVICE=$device CLIPTUNE_HOME=$work/demo CLIPTUNE_DEMO_DATA=$work/demo-data \
+  scripts/demo.sh > "$out/demo.txt"
+grep -E 'ended|success|failed|Newest|caption_accuracy|i2t_r1|done in' "$out/demo.txt" || true
+port=$(( 20000 + RANDOM % 20000 ))
+"$bin" --home "$work/demo" serve --addr 127.0.0.1:$port --device "$device" > "$out/serve.log" 2>&1 &
+server=$!
+"$py" - "http://127.0.0.1:$port" "$work/demo-data" <<'PY' | tee "$out/serve_check.txt"
+import base64, json, math, sys, time, urllib.request
+url, data = sys.argv[1], sys.argv[2]
+def post(path, body):
+    req = urllib.request.Request(url + path, json.dumps(body).encode(), {"content-type": "application/json"})
+    return json.load(urllib.request.urlopen(req, timeout=120))
+for _ in range(300):
+    try:
+        urllib.request.urlopen(url + "/health", timeout=2); break
+    except Exception:
+        time.sleep(0.2)
+q = "a large red circle on the left"
+r = post("/search", {"text": q, "dataset_id": "shapes", "k": 5})
+print("search:", [(round(h["score"], 3), h["caption"]) for h in r["results"]], r.get("timing"))
+top = r["results"][0]
+png = open(data + top["filename"], "rb").read()
+online = post("/embed", {"images": [base64.b64encode(png).decode()]})["images"][0]
+stored = post("/embed", {"item_ids": [top["image_item_id"]]})["items"][0]
+dot = sum(a * b for a, b in zip(online, stored))
+cos = dot / math.sqrt(sum(a * a for a in online) * sum(b * b for b in stored))
+print(f"online /embed of {top['filename']} vs the embed node's stored vector: cosine {cos:.6f}")
+assert top["caption"] == q, "the best match should carry the query's caption"
+assert cos > 0.999, cos
+PY
+kill $server; wait $server 2>/dev/null || true
 nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv || true
