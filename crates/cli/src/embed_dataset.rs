@@ -69,6 +69,15 @@ pub fn run(ctx: &Ctx, args: EmbedDatasetArgs) -> Result<()> {
     config.torch_threads = args.torch_threads;
     let started = Instant::now();
     let execution = runtime()?.block_on(async {
+        // Unknown names fail here, before an execution exists.
+        store.resolve_dataset(&args.dataset).await.map_err(|e| {
+            anyhow::anyhow!("{e} (`cliptune datasets list` shows this store's datasets)")
+        })?;
+        if let Some(m) = &args.model {
+            store.resolve_model(m).await.map_err(|e| {
+                anyhow::anyhow!("{e} (`cliptune models list` shows this store's models)")
+            })?;
+        }
         let (worker, recovery) =
             Worker::start_recovering(store.clone(), config, ctx.home.clone()).await?;
         // A killed run of the same command left its execution behind: the worker re-queued
@@ -128,6 +137,7 @@ pub fn run(ctx: &Ctx, args: EmbedDatasetArgs) -> Result<()> {
         "execution_id": execution.id,
         "status": execution.status.as_str(),
         "message": execution.latest_status.message,
+        "error": execution.latest_status.error,
         "model_id": out["model"]["model_id"],
         "feature_set_id": out["feature_set_id"],
         "items": out["items"],
@@ -150,7 +160,7 @@ fn human(s: &Value) -> String {
             "embedding {} ended {}: {}",
             s["execution_id"].as_str().unwrap_or("?"),
             s["status"].as_str().unwrap_or("?"),
-            s["message"].as_str().unwrap_or("")
+            s["error"].as_str().or(s["message"].as_str()).unwrap_or("")
         );
     }
     let failed = s["failed"].as_array().cloned().unwrap_or_default();

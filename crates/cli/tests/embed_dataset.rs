@@ -235,3 +235,91 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// `--precision bf16` (CPU autocast) gives vectors close to fp32's; fp16 on the CPU and an
+/// unknown dataset are refused with messages that say what to do.
+#[test]
+fn precision_and_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let data = tmp.path().join("data");
+    ok(cliptune(
+        &home,
+        &[
+            "demo",
+            "data",
+            "--out",
+            data.to_str().unwrap(),
+            "--count",
+            "24",
+            "--size",
+            "64",
+        ],
+    ));
+    let arch = tmp.path().join("arch.json");
+    std::fs::write(&arch, ARCH).unwrap();
+    ok(cliptune(
+        &home,
+        &[
+            "datasets",
+            "import",
+            data.to_str().unwrap(),
+            "--name",
+            "shapes",
+        ],
+    ));
+    ok(cliptune(
+        &home,
+        &[
+            "models",
+            "create",
+            "--arch",
+            arch.to_str().unwrap(),
+            "--name",
+            "m",
+            "--seed",
+            "2",
+        ],
+    ));
+    let bf16_home = tmp.path().join("bf16");
+    copy_dir(&home, &bf16_home);
+    let run = |home: &Path, precision: &str| {
+        let mut args = EMBED.to_vec();
+        args.extend(["--precision", precision]);
+        ok(cliptune(home, &args))
+    };
+    assert_eq!(run(&home, "fp32")["embedded"], 24);
+    assert_eq!(run(&bf16_home, "bf16")["embedded"], 24);
+    let (a, b) = (vectors(&home), vectors(&bf16_home));
+    assert_eq!(a.len(), 24);
+    for ((ia, va), (ib, vb)) in a.iter().zip(&b) {
+        assert_eq!(ia, ib);
+        let cos: f32 = va.iter().zip(vb).map(|(x, y)| x * y).sum();
+        assert!(cos > 0.99, "{ia}: bf16 vs fp32 cosine {cos}");
+    }
+
+    let mut args = EMBED.to_vec();
+    args.extend(["--precision", "fp16"]);
+    let out = cliptune(&home, &args).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("fp16 needs a CUDA device"), "{err}");
+
+    let out = cliptune(
+        &home,
+        &[
+            "embed-dataset",
+            "--dataset",
+            "nope",
+            "--model",
+            "m",
+            "--device",
+            "cpu",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("dataset \"nope\" not found"), "{err}");
+}
