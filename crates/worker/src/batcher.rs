@@ -48,28 +48,13 @@ impl Default for OnlineConfig {
 }
 
 impl OnlineConfig {
-    /// The defaults, overridden by `CLIPTUNE_EMBED_TOKEN_BUDGET` and `CLIPTUNE_MAX_INFLIGHT`.
-    pub fn from_env() -> Result<Self> {
-        let mut c = Self::default();
-        let read = |name: &str| -> Result<Option<usize>> {
-            match std::env::var(name) {
-                Err(_) => Ok(None),
-                Ok(v) => match v.trim().parse::<usize>() {
-                    Ok(n) if n > 0 => Ok(Some(n)),
-                    _ => Err(WorkerError::input(
-                        name,
-                        format!("{v:?} is not a positive integer"),
-                    )),
-                },
-            }
-        };
-        if let Some(n) = read("CLIPTUNE_EMBED_TOKEN_BUDGET")? {
-            c.token_budget = n;
+    /// The limits of `cliptune serve`'s flags (`--embed-token-budget`, `--max-inflight`).
+    pub fn of(config: &crate::WorkerConfig) -> Self {
+        Self {
+            token_budget: config.embed_token_budget,
+            max_inflight: config.max_inflight,
+            ..Self::default()
         }
-        if let Some(n) = read("CLIPTUNE_MAX_INFLIGHT")? {
-            c.max_inflight = n;
-        }
-        Ok(c)
     }
 }
 
@@ -211,7 +196,7 @@ impl Batcher {
             Err(_) => {
                 self.rejected.fetch_add(1, Ordering::Relaxed);
                 Err(WorkerError::Overloaded(format!(
-                    "{} online requests are in flight (CLIPTUNE_MAX_INFLIGHT); retry shortly",
+                    "{} online requests are in flight (--max-inflight); retry shortly",
                     self.config.max_inflight
                 )))
             }

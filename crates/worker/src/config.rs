@@ -47,6 +47,12 @@ pub struct WorkerConfig {
     /// or fp16 (CUDA only). Weights stay f32; vectors are stored as f32 either way.
     #[arg(long, env = "CLIPTUNE_EMBED_PRECISION", default_value = "auto")]
     pub embed_precision: String,
+    /// Online embedding: most tokens (text tokens plus image patches) in one device batch.
+    #[arg(long, env = "CLIPTUNE_EMBED_TOKEN_BUDGET", default_value_t = 4096, value_parser = positive)]
+    pub embed_token_budget: usize,
+    /// Online embedding and search: most requests admitted at once; more answer 429 at once.
+    #[arg(long, env = "CLIPTUNE_MAX_INFLIGHT", default_value_t = 128, value_parser = positive)]
+    pub max_inflight: usize,
     /// Threads libtorch uses for intra-op parallelism (0: libtorch's default).
     #[arg(long, env = "CLIPTUNE_TORCH_THREADS", default_value_t = 0)]
     pub torch_threads: usize,
@@ -68,6 +74,8 @@ impl WorkerConfig {
             drain_seconds: 30,
             embed_batch_size: 32,
             embed_precision: "auto".into(),
+            embed_token_budget: 4096,
+            max_inflight: 128,
             torch_threads: 0,
             work_dir: None,
         }
@@ -93,5 +101,13 @@ impl WorkerConfig {
 
     pub fn drain(&self) -> Duration {
         Duration::from_secs(self.drain_seconds)
+    }
+}
+
+/// A whole number of at least 1.
+fn positive(s: &str) -> std::result::Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{s:?} is not a positive whole number")),
     }
 }

@@ -1,5 +1,4 @@
-//! Past CLIPTUNE_MAX_INFLIGHT online requests, new ones answer 429 at once.
-//! (Own test binary: the limit comes from the environment, read when the router is built.)
+//! Past `--max-inflight` (CLIPTUNE_MAX_INFLIGHT) online requests, new ones answer 429 at once.
 
 mod search_fixture;
 
@@ -8,8 +7,7 @@ use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overload_answers_429_at_once() {
-    std::env::set_var("CLIPTUNE_MAX_INFLIGHT", "2");
-    let f = search_fixture::start().await;
+    let f = search_fixture::start_with(|c| c.max_inflight = 2).await;
     let http = reqwest::Client::new();
 
     // Hold the device so that admitted requests stay in flight.

@@ -3,7 +3,7 @@
 //! (`GET /models`, `GET /datasets`, `GET /models/{id}/metrics`, `GET /items/{id}/stream`).
 //!
 //! Embedding goes through one [`Batcher`] per server: inputs of concurrent requests share
-//! device batches under a token budget, and past `CLIPTUNE_MAX_INFLIGHT` requests a new one
+//! device batches under a token budget, and past `--max-inflight` requests a new one
 //! answers 429 at once. Every embedding answer carries its timing in headers
 //! (`Server-Timing`, `x-queue-ms`, `x-device-ms`, ...).
 
@@ -39,12 +39,9 @@ pub struct Online {
 }
 
 impl Online {
-    /// Limits from the environment (`CLIPTUNE_EMBED_TOKEN_BUDGET`, `CLIPTUNE_MAX_INFLIGHT`).
+    /// Limits from the worker's settings (`--embed-token-budget`, `--max-inflight`).
     pub fn new(worker: &Worker) -> Arc<Self> {
-        let config = OnlineConfig::from_env().unwrap_or_else(|e| {
-            tracing::error!(error = %e, "bad online embedding setting; using the defaults");
-            OnlineConfig::default()
-        });
+        let config = OnlineConfig::of(&worker.config);
         Self::with_config(worker, config)
     }
 

@@ -75,7 +75,13 @@ async fn register(
     store.upload_artifacts(&created.id, &out).await.unwrap()
 }
 
+#[allow(dead_code)] // not every test binary that shares this module uses both
 pub async fn start() -> Fixture {
+    start_with(|_| {}).await
+}
+
+/// [`start`] with the worker's settings adjusted by `configure`.
+pub async fn start_with(configure: impl FnOnce(&mut WorkerConfig)) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     let store = Arc::new(LocalStore::open(&home).unwrap());
@@ -109,6 +115,7 @@ pub async fn start() -> Fixture {
     let mut config = WorkerConfig::local("cpu");
     config.torch_threads = 2;
     config.embed_batch_size = 8;
+    configure(&mut config);
     let platform: Arc<dyn Platform> = store.clone();
     let worker = Worker::start(platform, config, home).await.unwrap();
     for m in [&base, &tuned] {
