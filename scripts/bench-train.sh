@@ -7,6 +7,8 @@
 # Rounds alternate (ours, theirs, ours, theirs...) so machine load hits both alike.
 #
 # Run: scripts/bench-train.sh            (ROUNDS=2 THREADS=2 DATA=/tmp/cliptune-bench/fmnist)
+#      PRECISION=bf16 scripts/bench-train.sh   (CPU bf16 autocast on both sides: cliptune
+#      "precision": "bf16", open_clip_train --precision amp_bf16; f32 master weights in both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=$(scripts/refvenv.sh)
@@ -15,6 +17,8 @@ PY=$(scripts/refvenv.sh)
 DATA=${DATA:-/tmp/cliptune-bench/fmnist}
 ROUNDS=${ROUNDS:-2}
 THREADS=${THREADS:-2}
+PRECISION=${PRECISION:-fp32}
+case "$PRECISION" in fp32) THEIR_PRECISION=fp32 ;; bf16) THEIR_PRECISION=amp_bf16 ;; *) echo "PRECISION: fp32 or bf16" >&2; exit 2 ;; esac
 [ -f "$DATA/small/train.csv" ] || "$PY" scripts/bench/fashion_mnist_data.py "$DATA" 5120
 [ -x target/release/cliptune ] || cargo build --release -p cliptune-cli
 BIN=${BIN:-target/release/cliptune}
@@ -22,7 +26,8 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 "$BIN" --home "$WORK/home" --json models create --arch scripts/bench/open_clip_fmnist.json --name fm --seed 0 >/dev/null
 CONFIG='{"batch_size": 256, "num_epochs": 2, "learning_rate": 1e-3, "weight_decay": 0.1, "betas": [0.9, 0.98],
- "epsilon": 1e-6, "warmup_steps": 10, "early_stopping": false, "validation_fraction": 0.1}'
+ "epsilon": 1e-6, "warmup_steps": 10, "early_stopping": false, "validation_fraction": 0.1,
+ "precision": "'"$PRECISION"'"}'
 peak() { awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2 / 1024}' "$1"; }
 for r in $(seq "$ROUNDS"); do
   /usr/bin/time -v "$BIN" --home "$WORK/home" --json train --data "$DATA/small" --base-model fm \
@@ -32,7 +37,7 @@ for r in $(seq "$ROUNDS"); do
   OMP_NUM_THREADS=$THREADS /usr/bin/time -v "$PY" scripts/bench/open_clip_train_run.py \
     --train-data "$DATA/small/train.csv" --dataset-type csv --csv-img-key filepath --csv-caption-key title \
     --csv-separator , --model open_clip_fmnist --batch-size 256 --epochs 2 --lr 1e-3 --wd 0.1 --beta1 0.9 \
-    --beta2 0.98 --eps 1e-6 --warmup 10 --workers 1 --precision fp32 --logs "$WORK/logs" --name run \
+    --beta2 0.98 --eps 1e-6 --warmup 10 --workers 1 --precision "$THEIR_PRECISION" --logs "$WORK/logs" --name run \
     --log-every-n-steps 1 --report-to '' --seed 0 --save-frequency 0 >/dev/null 2>"$WORK/theirs.time"
   # Mean step time of the second epoch (open_clip logs each step's time as "Batch (t): X").
   theirs=$("$PY" - "$WORK/logs/run/out.log" <<'PYEOF'
