@@ -87,54 +87,45 @@ fn count(home: &Path) -> usize {
     })
 }
 
-#[test]
-fn kill_9_then_rerun_embeds_the_rest_once() {
-    let tmp = tempfile::tempdir().unwrap();
-    let home = tmp.path().join("home");
-    let data = tmp.path().join("data");
+/// A store under `root/home` with a drawn dataset "shapes" of `images` images (plus a corrupt
+/// JPEG when `corrupt`) and the model "m" (ARCH, seeded). Returns the home.
+fn setup(root: &Path, images: usize, seed: &str, corrupt: bool) -> std::path::PathBuf {
+    let home = root.join("home");
+    let data = root.join("data");
+    let count = images.to_string();
+    let out = data.to_str().unwrap();
     ok(cliptune(
         &home,
         &[
-            "demo",
-            "data",
-            "--out",
-            data.to_str().unwrap(),
-            "--count",
-            &IMAGES.to_string(),
-            "--size",
-            "64",
+            "demo", "data", "--out", out, "--count", &count, "--size", "64",
         ],
     ));
-    // A corrupt image in the middle of the dataset.
-    std::fs::write(data.join("bad.jpg"), b"\xff\xd8\xff\xe0 not really a jpeg").unwrap();
-    let mut captions = std::fs::read_to_string(data.join("captions.jsonl")).unwrap();
-    captions.push_str("{\"file\": \"bad.jpg\", \"caption\": \"a broken image\"}\n");
-    std::fs::write(data.join("captions.jsonl"), captions).unwrap();
-    let arch = tmp.path().join("arch.json");
+    if corrupt {
+        std::fs::write(data.join("bad.jpg"), b"\xff\xd8\xff\xe0 not really a jpeg").unwrap();
+        let mut captions = std::fs::read_to_string(data.join("captions.jsonl")).unwrap();
+        captions.push_str("{\"file\": \"bad.jpg\", \"caption\": \"a broken image\"}\n");
+        std::fs::write(data.join("captions.jsonl"), captions).unwrap();
+    }
+    let arch = root.join("arch.json");
     std::fs::write(&arch, ARCH).unwrap();
     ok(cliptune(
         &home,
-        &[
-            "datasets",
-            "import",
-            data.to_str().unwrap(),
-            "--name",
-            "shapes",
-        ],
+        &["datasets", "import", out, "--name", "shapes"],
     ));
+    let arch = arch.to_str().unwrap();
     ok(cliptune(
         &home,
         &[
-            "models",
-            "create",
-            "--arch",
-            arch.to_str().unwrap(),
-            "--name",
-            "m",
-            "--seed",
-            "1",
+            "models", "create", "--arch", arch, "--name", "m", "--seed", seed,
         ],
     ));
+    home
+}
+
+#[test]
+fn kill_9_then_rerun_embeds_the_rest_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = setup(tmp.path(), IMAGES, "1", true);
     // An untouched copy for the uninterrupted run.
     let clean = tmp.path().join("clean");
     copy_dir(&home, &clean);
@@ -241,46 +232,7 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn precision_and_bad_input() {
     let tmp = tempfile::tempdir().unwrap();
-    let home = tmp.path().join("home");
-    let data = tmp.path().join("data");
-    ok(cliptune(
-        &home,
-        &[
-            "demo",
-            "data",
-            "--out",
-            data.to_str().unwrap(),
-            "--count",
-            "24",
-            "--size",
-            "64",
-        ],
-    ));
-    let arch = tmp.path().join("arch.json");
-    std::fs::write(&arch, ARCH).unwrap();
-    ok(cliptune(
-        &home,
-        &[
-            "datasets",
-            "import",
-            data.to_str().unwrap(),
-            "--name",
-            "shapes",
-        ],
-    ));
-    ok(cliptune(
-        &home,
-        &[
-            "models",
-            "create",
-            "--arch",
-            arch.to_str().unwrap(),
-            "--name",
-            "m",
-            "--seed",
-            "2",
-        ],
-    ));
+    let home = setup(tmp.path(), 24, "2", false);
     let bf16_home = tmp.path().join("bf16");
     copy_dir(&home, &bf16_home);
     let run = |home: &Path, precision: &str| {

@@ -172,6 +172,26 @@ async fn the_pipeline_runs_end_to_end_over_http() {
     );
     assert_eq!(s.store.vector_entities(set, None).await.unwrap().len(), 40);
 
+    // A list of items: embedded ones are counted, an unknown id is listed, nothing fails.
+    let some = s.store.vector_entities(set, None).await.unwrap()[0].clone();
+    let r = http
+        .post(format!("{url}/embed?wait=true"))
+        .json(&json!({
+            "items": [{"item_id": some}, {"item_id": "000000000000000000000000"}],
+            "model": {"model_id": new_id}
+        }))
+        .send()
+        .await
+        .unwrap();
+    let listed: Value = r.json().await.unwrap();
+    assert_eq!(listed["status"], "success", "{listed}");
+    assert_eq!(listed["output"]["already_embedded"], 1, "{listed}");
+    assert_eq!(listed["output"]["embedded"], 0, "{listed}");
+    let failed = listed["output"]["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{listed}");
+    assert_eq!(failed[0]["item_id"], "000000000000000000000000");
+    assert_eq!(s.store.vector_entities(set, None).await.unwrap().len(), 40);
+
     // A failing training: the new model is marked failed, "Newest CLIP model" is unchanged.
     let r = http
         .post(format!("{url}/pipelines/{pid}/execute"))

@@ -333,100 +333,128 @@ async fn read_batches(
     tx: tokio::sync::mpsc::Sender<Result<Ready>>,
 ) {
     let outcome: Result<()> = async {
-        let mut failed = Vec::new();
-        let mut existing = 0usize;
-        match target {
-            EmbedTarget::Dataset { id, filter } => {
-                let dataset = platform.resolve_dataset(&id).await?;
-                // Entity ids only (not vectors): the one thing here that grows with the set.
-                let done: HashSet<String> = platform
-                    .vector_entities(&set_id, Some(&dataset.id))
-                    .await?
-                    .into_iter()
-                    .collect();
-                let mut query = ItemQuery {
-                    filter,
-                    page: 0,
-                    page_size: (batch_size * 8).max(100) as u32,
-                };
-                let mut pending: Vec<Item> = Vec::new();
-                loop {
-                    let page = platform.query_items(&dataset.id, &query).await?;
-                    let total = page.total_items_count as usize;
-                    let more = page.has_next_page && !page.items.is_empty();
-                    for item in page.items {
-                        if done.contains(&item.id) {
-                            existing += 1;
-                        } else {
-                            pending.push(item);
-                        }
-                    }
-                    while pending.len() >= batch_size || (!more && !pending.is_empty()) {
-                        let n = pending.len().min(batch_size);
-                        let chunk: Vec<Item> = pending.drain(..n).collect();
-                        let ready = decode_batch(
-                            &platform,
-                            &prepared,
-                            chunk,
-                            std::mem::take(&mut failed),
-                            existing,
-                            total,
-                        )
-                        .await?;
-                        if tx.send(Ok(ready)).await.is_err() {
-                            return Ok(());
-                        }
-                    }
-                    if !more {
-                        if existing > 0 || !failed.is_empty() {
-                            let _ = tx.send(Ok(Ready::counts(failed, existing, total))).await;
-                        }
-                        return Ok(());
-                    }
-                    query.page += 1;
-                }
-            }
-            EmbedTarget::Items(ids) => {
-                let total = ids.len();
-                let mut todo = Vec::new();
-                for id in &ids {
-                    match platform.get_item(id).await {
-                        Ok(item) => {
-                            if platform.get_vector(&set_id, &item.id).await.is_ok() {
-                                existing += 1;
-                            } else {
-                                todo.push(item);
-                            }
-                        }
-                        Err(e) => failed.push(json!({"item_id": id, "reason": e.to_string()})),
-                    }
-                }
-                let mut chunks = todo.chunks(batch_size).peekable();
-                if chunks.peek().is_none() {
-                    let _ = tx.send(Ok(Ready::counts(failed, existing, total))).await;
+        let mut pages = Pages::open(&platform, target, &set_id, batch_size).await?;
+        let (mut failed, mut existing, mut pending) = (Vec::new(), 0usize, Vec::new());
+        loop {
+            let page = pages.next(&platform, &set_id).await?;
+            existing += page.existing;
+            failed.extend(page.failed);
+            pending.extend(page.todo);
+            while pending.len() >= batch_size || (!page.more && !pending.is_empty()) {
+                let n = pending.len().min(batch_size);
+                let chunk: Vec<Item> = pending.drain(..n).collect();
+                let failed = std::mem::take(&mut failed);
+                let ready =
+                    decode_batch(&platform, &prepared, chunk, failed, existing, page.total).await?;
+                if tx.send(Ok(ready)).await.is_err() {
                     return Ok(());
                 }
-                for chunk in chunks {
-                    let ready = decode_batch(
-                        &platform,
-                        &prepared,
-                        chunk.to_vec(),
-                        std::mem::take(&mut failed),
-                        existing,
-                        total,
-                    )
-                    .await?;
-                    if tx.send(Ok(ready)).await.is_err() {
-                        return Ok(());
-                    }
+            }
+            if !page.more {
+                if existing > 0 || !failed.is_empty() {
+                    let _ = tx
+                        .send(Ok(Ready::counts(failed, existing, page.total)))
+                        .await;
                 }
-                Ok(())
+                return Ok(());
             }
         }
     }
     .await;
     if let Err(e) = outcome {
         let _ = tx.send(Err(e)).await;
+    }
+}
+
+/// One page of the target: the items to embed, and what the rest of it came to.
+struct Page {
+    todo: Vec<Item>,
+    existing: usize,
+    failed: Vec<Value>,
+    total: usize,
+    more: bool,
+}
+
+/// The target's items, a page at a time.
+enum Pages {
+    Dataset {
+        id: String,
+        /// Entity ids only (not vectors): the one thing here that grows with the set.
+        done: HashSet<String>,
+        query: ItemQuery,
+    },
+    Items(Option<Vec<String>>),
+}
+
+impl Pages {
+    async fn open(
+        platform: &Arc<dyn Platform>,
+        target: EmbedTarget,
+        set_id: &str,
+        batch_size: usize,
+    ) -> Result<Self> {
+        Ok(match target {
+            EmbedTarget::Dataset { id, filter } => {
+                let dataset = platform.resolve_dataset(&id).await?;
+                let done = platform
+                    .vector_entities(set_id, Some(&dataset.id))
+                    .await?
+                    .into_iter()
+                    .collect();
+                let query = ItemQuery {
+                    filter,
+                    page: 0,
+                    page_size: (batch_size * 8).max(100) as u32,
+                };
+                Self::Dataset {
+                    id: dataset.id,
+                    done,
+                    query,
+                }
+            }
+            EmbedTarget::Items(ids) => Self::Items(Some(ids)),
+        })
+    }
+
+    async fn next(&mut self, platform: &Arc<dyn Platform>, set_id: &str) -> Result<Page> {
+        let mut page = Page {
+            todo: Vec::new(),
+            existing: 0,
+            failed: Vec::new(),
+            total: 0,
+            more: false,
+        };
+        match self {
+            Self::Dataset { id, done, query } => {
+                let items = platform.query_items(id, query).await?;
+                page.total = items.total_items_count as usize;
+                page.more = items.has_next_page && !items.items.is_empty();
+                query.page += 1;
+                for item in items.items {
+                    if done.contains(&item.id) {
+                        page.existing += 1;
+                    } else {
+                        page.todo.push(item);
+                    }
+                }
+            }
+            Self::Items(ids) => {
+                let ids = ids.take().unwrap_or_default();
+                page.total = ids.len();
+                for id in &ids {
+                    match platform.get_item(id).await {
+                        Ok(item) if platform.get_vector(set_id, &item.id).await.is_ok() => {
+                            page.existing += 1
+                        }
+                        Ok(item) => page.todo.push(item),
+                        Err(e) => page
+                            .failed
+                            .push(json!({"item_id": id, "reason": e.to_string()})),
+                    }
+                }
+            }
+        }
+        Ok(page)
     }
 }
 
