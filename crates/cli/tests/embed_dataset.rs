@@ -274,4 +274,13 @@ fn precision_and_bad_input() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("dataset \"nope\" not found"), "{err}");
+
+    // A filter that is not JSON is refused before anything runs; the vectors stay.
+    let mut args = EMBED.to_vec();
+    args.extend(["--filter", "{dir: /cats"]);
+    let out = cliptune(&home, &args).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--filter is not JSON"), "{err}");
+    assert_eq!(vectors(&home).len(), 24);
 }

@@ -26,6 +26,8 @@ pub struct Matrix {
     /// `data` quantized: `codes[r * dim + i] * scales[r]` is within `scales[r] / 2` of it.
     codes: Vec<i8>,
     scales: Vec<f32>,
+    /// At least every row's scale (replaced rows may leave it higher: still a valid bound).
+    max_scale: f32,
     entity_ids: Vec<String>,
     dataset_idx: Vec<u32>,
     datasets: Vec<String>,
@@ -106,6 +108,7 @@ impl Matrix {
             };
         }
         self.scales[row] = scale;
+        self.max_scale = self.max_scale.max(scale);
     }
 
     /// Top-k rows by cosine with `query` among rows where `keep(row)` holds, best first.
@@ -137,7 +140,7 @@ impl Matrix {
         // Rows left out scored at most `floor` approximately, so at most
         // `floor + max_bound` exactly.
         let floor = approx.last().map_or(f32::NEG_INFINITY, |c| c.1);
-        let max_bound = self.scales.iter().fold(0f32, |m, s| m.max(*s)) * half_l1 + 1e-5;
+        let max_bound = self.max_scale * half_l1 + 1e-5;
         if top.floor() >= floor + max_bound {
             return top.into_sorted();
         }

@@ -111,3 +111,36 @@ fn positive(s: &str) -> std::result::Result<usize, String> {
         _ => Err(format!("{s:?} is not a positive whole number")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cliptune_train::Precision;
+    use tch::Device;
+
+    #[test]
+    fn embed_precision_resolves_per_device_and_names_bad_values() {
+        let mut c = WorkerConfig::local("cpu");
+        assert_eq!(c.embed_precision(Device::Cpu), Ok(Precision::Fp32));
+        assert_eq!(c.embed_precision(Device::Cuda(0)), Ok(Precision::Bf16));
+        c.embed_precision = "fp16".into();
+        assert!(c
+            .embed_precision(Device::Cpu)
+            .unwrap_err()
+            .contains("needs a CUDA device"));
+        assert_eq!(c.embed_precision(Device::Cuda(0)), Ok(Precision::Fp16));
+        c.embed_precision = "half".into();
+        let e = c.embed_precision(Device::Cpu).unwrap_err();
+        assert!(
+            e.contains("\"half\"") && e.contains("auto, fp32, bf16 or fp16"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn limits_must_be_positive() {
+        assert_eq!(positive("3"), Ok(3));
+        assert!(positive("0").unwrap_err().contains("positive"));
+        assert!(positive("-1").is_err());
+    }
+}

@@ -266,19 +266,19 @@ pub async fn run(input: EmbedInput, ctx: &NodeCtx) -> Result<Value> {
             existing = ready.existing;
             total = ready.total;
             failed.extend(ready.failed);
-            let (images, texts) = (ready.images, ready.texts);
-            let pixels: Vec<Vec<f32>> = images.iter().map(|(_, p)| p.clone()).collect();
-            let ids: Vec<Vec<i64>> = texts.iter().map(|(_, t)| t.clone()).collect();
+            // The inputs move to the device thread; the items stay here to label the vectors.
+            let (image_items, pixels): (Vec<Item>, Vec<Vec<f32>>) =
+                ready.images.into_iter().unzip();
+            let (text_items, ids): (Vec<Item>, Vec<Vec<i64>>) = ready.texts.into_iter().unzip();
             let p = prepared.clone();
             let (img, txt) = worker
                 .device
                 .run(move |dev| features(dev, &p.dir, &p.config, precision, pixels, ids))
                 .await??;
-            let vectors: Vec<NewVector> = images
+            let vectors: Vec<NewVector> = image_items
                 .iter()
-                .map(|(i, _)| i)
                 .zip(img)
-                .chain(texts.iter().map(|(i, _)| i).zip(txt))
+                .chain(text_items.iter().zip(txt))
                 .map(|(item, value)| NewVector {
                     entity_id: item.id.clone(),
                     dataset_id: item.dataset_id.clone(),
