@@ -1,6 +1,8 @@
 //! Online embedding, search and the page's API against a real server (see search_fixture).
 
+mod http_json;
 mod search_fixture;
+use http_json::get_json;
 
 use base64::Engine;
 use cliptune_clip::{checkpoint, ClipConfig};
@@ -371,14 +373,7 @@ async fn embed_search_and_page_api() {
             "{path}"
         );
     }
-    let list: Value = http
-        .get(url("/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(&http, url("/models")).await;
     assert_eq!(list["default_model_id"], json!(f.tuned.id));
     let tuned = list["models"]
         .as_array()
@@ -388,24 +383,10 @@ async fn embed_search_and_page_api() {
         .unwrap();
     assert_eq!(tuned["base_model_id"], json!(f.base.id));
     assert!(tuned["feature_set_id"].is_string());
-    let datasets: Value = http
-        .get(url("/datasets"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let datasets: Value = get_json(&http, url("/datasets")).await;
     assert_eq!(datasets[0]["name"], "shapes");
     assert_eq!(datasets[0]["items_count"], json!(20));
-    let metrics: Value = http
-        .get(url(&format!("/models/{}/metrics", f.tuned.name)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let metrics: Value = get_json(&http, url(&format!("/models/{}/metrics", f.tuned.name))).await;
     assert_eq!(metrics["model"]["id"], json!(f.tuned.id));
     assert!(metrics["samples"].is_array());
     let r = http

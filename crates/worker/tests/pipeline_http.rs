@@ -4,7 +4,9 @@
 
 mod pipeline_fixture;
 
+mod http_json;
 use cliptune_store::{ModelStatus, Platform};
+use http_json::get_json;
 use pipeline_fixture as fx;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -12,14 +14,7 @@ use std::time::{Duration, Instant};
 async fn poll(http: &reqwest::Client, url: &str, id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let e: Value = http
-            .get(format!("{url}/executions/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let e: Value = get_json(&http, format!("{url}/executions/{id}")).await;
         let status = e["status"].as_str().unwrap().to_string();
         if ["success", "failed", "aborted", "canceled", "system-failure"].contains(&status.as_str())
         {
@@ -58,14 +53,7 @@ async fn the_pipeline_runs_end_to_end_over_http() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let p: Value = http
-        .get(format!("{url}/pipelines/{pid}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let p: Value = get_json(&http, format!("{url}/pipelines/{pid}")).await;
     let var = |p: &Value, n: &str| {
         p["variables"]
             .as_array()
@@ -89,17 +77,14 @@ async fn the_pipeline_runs_end_to_end_over_http() {
     let run: Value = r.json().await.unwrap();
     let run = poll(&http, url, run["id"].as_str().unwrap()).await;
     assert_eq!(run["status"], "success", "{run}");
-    let nodes: Vec<Value> = http
-        .get(format!(
+    let nodes: Vec<Value> = get_json(
+        &http,
+        format!(
             "{url}/executions?pipeline_execution_id={}",
             run["id"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     let mut functions: Vec<&str> = nodes
         .iter()
         .map(|n| n["functionName"].as_str().unwrap())
@@ -139,14 +124,7 @@ async fn the_pipeline_runs_end_to_end_over_http() {
     // The first run's placeholder is the base model.
     assert_eq!(update["output"]["old_value"], json!(s.base.id));
     assert_eq!(update["output"]["new_value"], json!(new_id));
-    let p: Value = http
-        .get(format!("{url}/pipelines/{pid}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let p: Value = get_json(&http, format!("{url}/pipelines/{pid}")).await;
     assert_eq!(var(&p, "Newest CLIP model"), json!(new_id));
     let embed = nodes.iter().find(|n| n["functionName"] == "embed").unwrap();
     assert_eq!(embed["output"]["embedded"], 40, "{embed}");
@@ -207,17 +185,14 @@ async fn the_pipeline_runs_end_to_end_over_http() {
         run2["error"].as_str().unwrap().contains("learning_rate"),
         "{run2}"
     );
-    let nodes2: Vec<Value> = http
-        .get(format!(
+    let nodes2: Vec<Value> = get_json(
+        &http,
+        format!(
             "{url}/executions?pipeline_execution_id={}",
             run2["id"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     assert_eq!(
         nodes2.len(),
         2,
@@ -234,14 +209,7 @@ async fn the_pipeline_runs_end_to_end_over_http() {
         s.store.get_model(&failed_model).await.unwrap().status,
         ModelStatus::Failed
     );
-    let p: Value = http
-        .get(format!("{url}/pipelines/{pid}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let p: Value = get_json(&http, format!("{url}/pipelines/{pid}")).await;
     assert_eq!(
         var(&p, "Newest CLIP model"),
         json!(new_id),
@@ -257,14 +225,7 @@ async fn the_pipeline_runs_end_to_end_over_http() {
         .unwrap();
     let refused: Value = r.json().await.unwrap();
     assert_eq!(refused["status"], "failed", "{refused}");
-    let p: Value = http
-        .get(format!("{url}/pipelines/{pid}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let p: Value = get_json(&http, format!("{url}/pipelines/{pid}")).await;
     assert_eq!(var(&p, "Newest CLIP model"), json!(new_id));
 
     // Metrics saw all of it.
