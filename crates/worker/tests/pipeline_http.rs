@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 async fn poll(http: &reqwest::Client, url: &str, id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let e: Value = get_json(&http, format!("{url}/executions/{id}")).await;
+        let e: Value = get_json(http, format!("{url}/executions/{id}")).await;
         let status = e["status"].as_str().unwrap().to_string();
         if ["success", "failed", "aborted", "canceled", "system-failure"].contains(&status.as_str())
         {
