@@ -315,3 +315,54 @@ fn train_and_eval_from_a_store_dataset() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--dataset"));
 }
+
+/// A corrupt image in a store dataset is skipped and reported by `train --dataset` and
+/// `eval --dataset`, not fatal (1 of 37 pairs, under the 5% limit).
+#[test]
+fn store_dataset_with_a_corrupt_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let data = make_data(tmp.path());
+    std::fs::write(data.join("bad.png"), b"\x89PNG but not really").unwrap();
+    let mut captions = std::fs::read_to_string(data.join("captions.jsonl")).unwrap();
+    captions.push_str("{\"file\": \"bad.png\", \"caption\": \"a red square\"}\n");
+    std::fs::write(data.join("captions.jsonl"), captions).unwrap();
+    let arch = tmp.path().join("arch.json");
+    std::fs::write(&arch, ARCH).unwrap();
+    let run = |args: &[&str]| -> Vec<u8> {
+        let out = cliptune(&home, args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let data = data.to_str().unwrap();
+    run(&["datasets", "import", data, "--name", "squares"]);
+    let arch = arch.to_str().unwrap();
+    run(&["models", "create", "--arch", arch, "--name", "base"]);
+    let config = r#"{"batch_size": 4, "num_epochs": 1, "seed": 3, "eval_batch_size": 4}"#;
+    let out = run(&[
+        "--json",
+        "train",
+        "--dataset",
+        "squares",
+        "--base-model",
+        "base",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--config",
+        config,
+    ]);
+    let done = json_lines(&out).pop().unwrap();
+    assert_eq!(done["event"], "done", "{done}");
+    assert_eq!(done["skipped_pairs"], 1, "{done}");
+    let out = run(&["--json", "eval", "--model", "base", "--dataset", "squares"]);
+    let all: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(all["pairs"], 36, "{all}");
+    let skipped = all["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1, "{all}");
+}
