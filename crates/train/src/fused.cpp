@@ -36,12 +36,12 @@ int cliptune_fused_adamw(at::Tensor** params, at::Tensor** grads, at::Tensor** e
   }
 }
 
-// Zeroes `n` tensors with one multi-tensor launch per device and dtype. Returns -1 on failure.
-int cliptune_foreach_zero(at::Tensor** tensors, int n) {
+// Drops the gradients of `n` variables (`zero_grad(set_to_none=True)`, torch's default): the
+// next backward then hands its gradient buffer over instead of adding it into a zeroed one,
+// which saves a fill and an add over every parameter per step. Returns -1 on failure.
+int cliptune_grads_none(at::Tensor** tensors, int n) {
   try {
-    std::vector<at::Tensor> t;
-    for (int i = 0; i < n; i++) t.push_back(*tensors[i]);
-    at::_foreach_zero_(t);
+    for (int i = 0; i < n; i++) tensors[i]->mutable_grad().reset();
     return 0;
   } catch (...) {
     return -1;

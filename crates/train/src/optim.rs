@@ -44,17 +44,18 @@ mod ffi {
             err: *mut c_char,
             err_len: c_int,
         ) -> c_int;
-        fn cliptune_foreach_zero(tensors: *const *const c_void, n: c_int) -> c_int;
+        fn cliptune_grads_none(tensors: *const *const c_void, n: c_int) -> c_int;
     }
 
-    /// Zeroes the tensors in place with one multi-tensor launch; false when it failed.
-    pub fn foreach_zero(tensors: &[Tensor]) -> bool {
+    /// Drops the tensors' gradients (leaves them undefined); false when it failed.
+    pub fn grads_none(tensors: &[&Tensor]) -> bool {
         let p: Vec<*const c_void> = tensors
             .iter()
             .map(|t| t.as_ptr() as *const c_void)
             .collect();
-        // SAFETY: live tch tensors borrowed for the call; the shim catches every exception.
-        unsafe { cliptune_foreach_zero(p.as_ptr(), p.len() as c_int) == 0 }
+        // SAFETY: live tch tensors borrowed for the call; the shim only resets each one's
+        // gradient slot (as `Tensor.grad = None` does) and catches every exception.
+        unsafe { cliptune_grads_none(p.as_ptr(), p.len() as c_int) == 0 }
     }
 
     /// `torch._fused_adamw_` over one group (same lr and weight decay). Every slice has
@@ -182,9 +183,10 @@ pub fn treatment(name: &str, shape: &[i64], model: &ClipConfig, cfg: &TrainConfi
     }
 }
 
-/// `torch.optim.AdamW`'s algorithm (non-amsgrad). On CUDA the update runs as torch's
-/// fused multi-tensor kernel (`fused=True`), one launch per parameter group; on the CPU as
-/// the per-parameter ops of the default (for-loop) implementation.
+/// `torch.optim.AdamW`'s algorithm (non-amsgrad), run as torch's fused multi-tensor kernel
+/// (`fused=True`, on CUDA and the CPU): one pass over each parameter group instead of about
+/// ten ops per parameter. The per-parameter ops of torch's default (for-loop) implementation
+/// remain as the fallback and as the reference the fused path is tested against.
 pub struct AdamW {
     params: Vec<Param>,
     betas: [f64; 2],
@@ -216,18 +218,17 @@ impl AdamW {
                 step_t: None,
             })
             .collect::<Vec<Param>>();
-        let fused = params.first().is_some_and(|p| p.tensor.device().is_cuda());
         Self {
             params,
             betas,
             eps,
             weight_decay,
-            fused,
+            fused: true,
         }
     }
 
-    /// Chooses torch's fused kernel or the per-parameter ops (the default is fused on CUDA
-    /// only; the CPU has a fused kernel too, used here to check one against the other).
+    /// Chooses torch's fused kernel (the default) or the per-parameter ops, e.g. to check
+    /// one against the other.
     pub fn set_fused(&mut self, fused: bool) {
         self.fused = fused;
     }
@@ -240,21 +241,15 @@ impl AdamW {
         &self.params
     }
 
-    /// Clears the gradients (to zero, keeping their buffers).
+    /// Clears the gradients as torch's `zero_grad()` does by default (`set_to_none`): the
+    /// next backward hands its buffers over instead of adding into zeroed ones. A parameter
+    /// that then gets no gradient is skipped by [`AdamW::step`], as in torch.
     pub fn zero_grad(&mut self) {
-        if self.fused {
-            let grads: Vec<Tensor> = self
-                .params
-                .iter()
-                .map(|p| p.tensor.grad())
-                .filter(Tensor::defined)
-                .collect();
-            if grads.is_empty() || ffi::foreach_zero(&grads) {
-                return;
+        let vars: Vec<&Tensor> = self.params.iter().map(|p| &p.tensor).collect();
+        if !ffi::grads_none(&vars) {
+            for p in &mut self.params {
+                p.tensor.zero_grad();
             }
-        }
-        for p in &mut self.params {
-            p.tensor.zero_grad();
         }
     }
 
@@ -319,7 +314,8 @@ impl AdamW {
     pub fn step(&mut self, lr: f64) {
         if self.fused {
             if let Err(e) = self.step_fused(lr) {
-                // Not expected on a CUDA build of libtorch; keep training, the slow way.
+                // Not expected with libtorch >= 2.4 (fused CPU and CUDA kernels); keep
+                // training, the slow way.
                 tracing::warn!(error = %e, "fused AdamW failed; using the per-parameter update");
                 self.fused = false;
             } else {
