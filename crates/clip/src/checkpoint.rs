@@ -125,7 +125,8 @@ pub fn load(path: &Path, device: Device, options: &LoadOptions) -> Result<Clip> 
         }
     };
     let config = options.config.clone().unwrap_or(config);
-    let clip = Clip::new(&config, device, None)?;
+    // copy_into checks that the checkpoint covers every variable before it writes any.
+    let clip = Clip::uninit(&config, device)?;
     copy_into(&clip, tensors, path)?;
     Ok(clip)
 }

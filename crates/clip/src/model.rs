@@ -12,6 +12,24 @@ pub const LOGIT_SCALE_INIT: f64 = 2.659_260_036_932_778_4;
 /// `ln(100)`: the upper clamp open_clip applies to `logit_scale`.
 pub const LOGIT_SCALE_MAX: f64 = 4.605_170_185_988_092;
 
+/// How [`Clip::build`] fills the variables.
+#[derive(Clone, Copy)]
+enum Fill {
+    /// open_clip's initialisation.
+    Random,
+    /// Allocated only: the caller overwrites every variable.
+    Uninit,
+}
+
+impl Fill {
+    fn var(self, p: &nn::Path, name: &str, dims: &[i64], init: Init) -> Tensor {
+        match self {
+            Fill::Random => p.var(name, dims, init),
+            Fill::Uninit => p.add(name, Tensor::empty(dims, (Kind::Float, p.device())), true),
+        }
+    }
+}
+
 struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
@@ -19,10 +37,10 @@ struct LayerNorm {
 }
 
 impl LayerNorm {
-    fn new(p: nn::Path, dim: i64, eps: f64) -> Self {
+    fn new(p: nn::Path, dim: i64, eps: f64, fill: Fill) -> Self {
         Self {
-            weight: p.var("weight", &[dim], Init::Const(1.0)),
-            bias: p.var("bias", &[dim], Init::Const(0.0)),
+            weight: fill.var(&p, "weight", &[dim], Init::Const(1.0)),
+            bias: fill.var(&p, "bias", &[dim], Init::Const(0.0)),
             eps,
         }
     }
@@ -39,9 +57,10 @@ struct Linear {
 }
 
 impl Linear {
-    fn new(p: nn::Path, input: i64, output: i64, std: f64) -> Self {
+    fn new(p: nn::Path, input: i64, output: i64, std: f64, fill: Fill) -> Self {
         Self {
-            weight: p.var(
+            weight: fill.var(
+                &p,
                 "weight",
                 &[output, input],
                 Init::Randn {
@@ -49,7 +68,7 @@ impl Linear {
                     stdev: std,
                 },
             ),
-            bias: p.var("bias", &[output], Init::Const(0.0)),
+            bias: fill.var(&p, "bias", &[output], Init::Const(0.0)),
         }
     }
 
@@ -68,9 +87,10 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(p: nn::Path, width: i64, heads: i64, attn_std: f64, proj_std: f64) -> Self {
+    fn new(p: nn::Path, width: i64, heads: i64, attn_std: f64, proj_std: f64, fill: Fill) -> Self {
         Self {
-            in_proj_weight: p.var(
+            in_proj_weight: fill.var(
+                &p,
                 "in_proj_weight",
                 &[3 * width, width],
                 Init::Randn {
@@ -78,8 +98,8 @@ impl Attention {
                     stdev: attn_std,
                 },
             ),
-            in_proj_bias: p.var("in_proj_bias", &[3 * width], Init::Const(0.0)),
-            out_proj: Linear::new(&p / "out_proj", width, width, proj_std),
+            in_proj_bias: fill.var(&p, "in_proj_bias", &[3 * width], Init::Const(0.0)),
+            out_proj: Linear::new(&p / "out_proj", width, width, proj_std, fill),
             heads,
         }
     }
@@ -142,6 +162,7 @@ impl Transformer {
         heads: i64,
         mlp_dim: i64,
         config: &ClipConfig,
+        fill: Fill,
     ) -> Self {
         // open_clip's initialisation (CLIP.init_parameters).
         let attn_std = (width as f64).powf(-0.5);
@@ -153,11 +174,11 @@ impl Transformer {
                 let b = &blocks / i;
                 let mlp = &b / "mlp";
                 ResidualBlock {
-                    ln_1: LayerNorm::new(&b / "ln_1", width, config.layer_norm_eps),
-                    attn: Attention::new(&b / "attn", width, heads, attn_std, proj_std),
-                    ln_2: LayerNorm::new(&b / "ln_2", width, config.layer_norm_eps),
-                    c_fc: Linear::new(&mlp / "c_fc", width, mlp_dim, fc_std),
-                    c_proj: Linear::new(&mlp / "c_proj", mlp_dim, width, proj_std),
+                    ln_1: LayerNorm::new(&b / "ln_1", width, config.layer_norm_eps, fill),
+                    attn: Attention::new(&b / "attn", width, heads, attn_std, proj_std, fill),
+                    ln_2: LayerNorm::new(&b / "ln_2", width, config.layer_norm_eps, fill),
+                    c_fc: Linear::new(&mlp / "c_fc", width, mlp_dim, fc_std, fill),
+                    c_proj: Linear::new(&mlp / "c_proj", mlp_dim, width, proj_std, fill),
                     activation: config.activation,
                 }
             })
@@ -186,14 +207,15 @@ struct VisionTransformer {
 }
 
 impl VisionTransformer {
-    fn new(p: nn::Path, config: &ClipConfig) -> Self {
+    fn new(p: nn::Path, config: &ClipConfig, fill: Fill) -> Self {
         let v = &config.vision;
         let scale = (v.width as f64).powf(-0.5);
         let grid = config.grid();
         let fan_in = (3 * v.patch_size * v.patch_size) as f64;
         let bound = fan_in.powf(-0.5);
         Self {
-            conv1: (&p / "conv1").var(
+            conv1: fill.var(
+                &(&p / "conv1"),
                 "weight",
                 &[v.width, 3, v.patch_size, v.patch_size],
                 Init::Uniform {
@@ -201,7 +223,8 @@ impl VisionTransformer {
                     up: bound,
                 },
             ),
-            class_embedding: p.var(
+            class_embedding: fill.var(
+                &p,
                 "class_embedding",
                 &[v.width],
                 Init::Randn {
@@ -209,7 +232,8 @@ impl VisionTransformer {
                     stdev: scale,
                 },
             ),
-            positional_embedding: p.var(
+            positional_embedding: fill.var(
+                &p,
                 "positional_embedding",
                 &[grid * grid + 1, v.width],
                 Init::Randn {
@@ -217,7 +241,7 @@ impl VisionTransformer {
                     stdev: scale,
                 },
             ),
-            ln_pre: LayerNorm::new(&p / "ln_pre", v.width, config.layer_norm_eps),
+            ln_pre: LayerNorm::new(&p / "ln_pre", v.width, config.layer_norm_eps, fill),
             transformer: Transformer::new(
                 &p / "transformer",
                 v.width,
@@ -225,9 +249,11 @@ impl VisionTransformer {
                 v.heads,
                 v.mlp_dim,
                 config,
+                fill,
             ),
-            ln_post: LayerNorm::new(&p / "ln_post", v.width, config.layer_norm_eps),
-            proj: p.var(
+            ln_post: LayerNorm::new(&p / "ln_post", v.width, config.layer_norm_eps, fill),
+            proj: fill.var(
+                &p,
                 "proj",
                 &[v.width, config.embed_dim],
                 Init::Randn {
@@ -272,15 +298,27 @@ impl Clip {
     /// Builds a randomly initialised model (open_clip's initialisation). With a seed
     /// the weights are reproducible.
     pub fn new(config: &ClipConfig, device: Device, seed: Option<u64>) -> Result<Self> {
-        config.validate()?;
         if let Some(seed) = seed {
             tch::manual_seed(seed as i64);
         }
+        Self::build(config, device, Fill::Random)
+    }
+
+    /// A model whose variables are allocated but not initialised, for a loader that
+    /// overwrites every one of them (drawing ViT-B/32's 150M random numbers first took
+    /// about a third of a second per load).
+    pub(crate) fn uninit(config: &ClipConfig, device: Device) -> Result<Self> {
+        Self::build(config, device, Fill::Uninit)
+    }
+
+    fn build(config: &ClipConfig, device: Device, fill: Fill) -> Result<Self> {
+        config.validate()?;
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let t = &config.text;
-        let visual = VisionTransformer::new(&root / "visual", config);
-        let token_embedding = (&root / "token_embedding").var(
+        let visual = VisionTransformer::new(&root / "visual", config, fill);
+        let token_embedding = fill.var(
+            &(&root / "token_embedding"),
             "weight",
             &[t.vocab_size, t.width],
             Init::Randn {
@@ -288,7 +326,8 @@ impl Clip {
                 stdev: 0.02,
             },
         );
-        let positional_embedding = root.var(
+        let positional_embedding = fill.var(
+            &root,
             "positional_embedding",
             &[t.context_length, t.width],
             Init::Randn {
@@ -303,9 +342,11 @@ impl Clip {
             t.heads,
             t.mlp_dim,
             config,
+            fill,
         );
-        let ln_final = LayerNorm::new(&root / "ln_final", t.width, config.layer_norm_eps);
-        let text_projection = root.var(
+        let ln_final = LayerNorm::new(&root / "ln_final", t.width, config.layer_norm_eps, fill);
+        let text_projection = fill.var(
+            &root,
             "text_projection",
             &[t.width, config.embed_dim],
             Init::Randn {
@@ -313,7 +354,7 @@ impl Clip {
                 stdev: (t.width as f64).powf(-0.5),
             },
         );
-        let logit_scale = root.var("logit_scale", &[], Init::Const(LOGIT_SCALE_INIT));
+        let logit_scale = fill.var(&root, "logit_scale", &[], Init::Const(LOGIT_SCALE_INIT));
         Ok(Self {
             config: config.clone(),
             vs,
