@@ -5,11 +5,13 @@
 #   open_clip: the same JPEG files -> PyTorch DataLoader (open_clip's transform) ->
 #             encode_image -> vectors in a .npy.
 # Same randomly initialised ViT-B/32 (QuickGELU) weights, batch size and thread count.
-#   scripts/bench-embed.sh [images=256] [batch=32] [threads=$(nproc)] [precision=fp32|bf16]
-# (bf16: CPU autocast on both sides; fast on CPUs with native bf16, e.g. AVX512-BF16/AMX.)
+#   scripts/bench-embed.sh [images=256] [batch=32] [threads=$(nproc)] [precision=auto] [theirs=fp32]
+# precision: cliptune's --embed-precision (auto = its default: bf16 on CUDA and on CPUs with
+# native bf16, e.g. AVX512-BF16/AMX, else fp32). theirs: open_clip's, fp32 (the script's
+# default) or bf16 (torch.autocast on the CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-n=${1:-256} batch=${2:-32} threads=${3:-$(nproc)} precision=${4:-fp32}
+n=${1:-256} batch=${2:-32} threads=${3:-$(nproc)} precision=${4:-auto} theirs=${5:-fp32}
 scripts/setup-libtorch.sh >/dev/null
 py=$(scripts/refvenv.sh)
 cargo build --release -q --bin cliptune
@@ -40,7 +42,7 @@ out=$(curl -sf -X POST "http://127.0.0.1:$port/embed?wait=true&timeout=3600" -H 
   -d '{"dataset_id": "bench", "model": "bench-b32"}')
 t3=$(date +%s.%N)
 kill $server; wait $server 2>/dev/null || true; trap - EXIT
-echo "$out" | "$py" -c 'import json,sys; e=json.load(sys.stdin); o=e["output"]; print("execution:", e["status"], "embedded", o["embedded"], "failed", len(o["failed"]))'
+echo "$out" | "$py" -c 'import json,sys; e=json.load(sys.stdin); o=e["output"]; print("execution:", e["status"], "embedded", o["embedded"], "failed", len(o["failed"]), "precision", o.get("precision"))'
 ours=$("$py" - "$n" "$t0" "$t1" "$t2" "$t3" "$batch" "$threads" <<'PY'
 import json, sys
 n, t0, t1, t2, t3 = int(sys.argv[1]), *map(float, sys.argv[2:6])
@@ -51,8 +53,8 @@ PY
 )
 echo "$ours"
 
-echo "== open_clip + DataLoader: same files, batch $batch, $threads threads"
-theirs=$("$py" scripts/bench/embed_open_clip.py "$work/vitb32.safetensors" "$work/jpegs" "$work/open_clip.npy" "$batch" "$threads" "$precision")
+echo "== open_clip + DataLoader: same files, batch $batch, $threads threads, $theirs"
+theirs=$("$py" scripts/bench/embed_open_clip.py "$work/vitb32.safetensors" "$work/jpegs" "$work/open_clip.npy" "$batch" "$threads" "$theirs")
 echo "$theirs"
 "$py" - "$ours" "$theirs" <<'PY'
 import json, sys

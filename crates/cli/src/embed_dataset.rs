@@ -41,7 +41,8 @@ pub struct EmbedDatasetArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// auto (bf16 on CUDA, fp32 on the CPU), fp32, bf16 or fp16 (CUDA only).
+    /// auto (bf16 on CUDA and on CPUs with native bf16, AVX512-BF16 or AMX; else fp32),
+    /// fp32 (exact), bf16 or fp16 (CUDA only).
     #[arg(long, default_value = "auto")]
     precision: String,
     /// libtorch intra-op threads (0: libtorch's default).

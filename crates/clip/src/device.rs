@@ -34,6 +34,20 @@ fn cuda(index: usize, name: &str) -> Result<Device> {
     Ok(Device::Cuda(index))
 }
 
+/// Whether this CPU multiplies bf16 natively (AVX512-BF16; every CPU with AMX has it too):
+/// there bf16 matrix products run at 2-3x the f32 rate (docs/search.md), so inference
+/// defaults to bf16.
+pub fn cpu_has_native_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// The name `parse_device` accepts for a device.
 pub fn device_name(device: Device) -> String {
     match device {

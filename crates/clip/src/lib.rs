@@ -9,7 +9,7 @@ pub mod model;
 
 pub use checkpoint::{Format, Inspection, LoadOptions};
 pub use config::{Activation, ClipConfig, TextConfig, VisionConfig, PRESETS};
-pub use device::{device_name, parse_device};
+pub use device::{cpu_has_native_bf16, device_name, parse_device};
 pub use error::{ClipError, Result};
 pub use model::{normalize, Clip, LOGIT_SCALE_INIT, LOGIT_SCALE_MAX};
 pub use tch;

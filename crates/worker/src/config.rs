@@ -43,8 +43,9 @@ pub struct WorkerConfig {
     /// Items per device batch of the embed node.
     #[arg(long, env = "CLIPTUNE_EMBED_BATCH", default_value_t = 32)]
     pub embed_batch_size: usize,
-    /// Precision of embedding: auto (bf16 autocast on CUDA, fp32 on the CPU), fp32, bf16,
-    /// or fp16 (CUDA only). Weights stay f32; vectors are stored as f32 either way.
+    /// Precision of embedding: auto (bf16 autocast on CUDA and on CPUs with native bf16,
+    /// i.e. AVX512-BF16 or AMX; fp32 elsewhere), fp32, bf16, or fp16 (CUDA only). Weights
+    /// stay f32; vectors are stored as f32 either way.
     #[arg(long, env = "CLIPTUNE_EMBED_PRECISION", default_value = "auto")]
     pub embed_precision: String,
     /// Online embedding: most tokens (text tokens plus image patches) in one device batch.
@@ -88,7 +89,9 @@ impl WorkerConfig {
     ) -> std::result::Result<cliptune_train::Precision, String> {
         use cliptune_train::Precision;
         match self.embed_precision.as_str() {
-            "auto" if device.is_cuda() => Ok(Precision::Bf16),
+            "auto" if device.is_cuda() || cliptune_clip::cpu_has_native_bf16() => {
+                Ok(Precision::Bf16)
+            }
             "auto" | "fp32" => Ok(Precision::Fp32),
             "bf16" => Ok(Precision::Bf16),
             "fp16" if device.is_cuda() => Ok(Precision::Fp16),
@@ -121,8 +124,15 @@ mod tests {
     #[test]
     fn embed_precision_resolves_per_device_and_names_bad_values() {
         let mut c = WorkerConfig::local("cpu");
-        assert_eq!(c.embed_precision(Device::Cpu), Ok(Precision::Fp32));
+        let cpu_auto = if cliptune_clip::cpu_has_native_bf16() {
+            Precision::Bf16
+        } else {
+            Precision::Fp32
+        };
+        assert_eq!(c.embed_precision(Device::Cpu), Ok(cpu_auto));
         assert_eq!(c.embed_precision(Device::Cuda(0)), Ok(Precision::Bf16));
+        c.embed_precision = "fp32".into();
+        assert_eq!(c.embed_precision(Device::Cpu), Ok(Precision::Fp32));
         c.embed_precision = "fp16".into();
         assert!(c
             .embed_precision(Device::Cpu)

@@ -69,7 +69,9 @@ impl Reference {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn embed_search_and_page_api() {
-    let f = search_fixture::start().await;
+    // fp32: the vectors are compared with one-by-one fp32 references at 1e-4 (`auto` is bf16
+    // on CPUs with native bf16; bf16 is covered by the embed-dataset CLI test).
+    let f = search_fixture::start_with(|c| c.embed_precision = "fp32".into()).await;
     let http = reqwest::Client::new();
     let url = |p: &str| format!("{}{p}", f.url);
     let shapes = search_fixture::captions(&f);

@@ -271,10 +271,16 @@ pub async fn run(input: EmbedInput, ctx: &NodeCtx) -> Result<Value> {
                 ready.images.into_iter().unzip();
             let (text_items, ids): (Vec<Item>, Vec<Vec<i64>>) = ready.texts.into_iter().unzip();
             let p = prepared.clone();
-            let (img, txt) = worker
-                .device
-                .run(move |dev| features(dev, &p.dir, &p.config, precision, pixels, ids))
-                .await??;
+            // A batch of only progress (everything in it embedded or unreadable) needs no
+            // model: a rerun over a finished dataset never loads the weights.
+            let (img, txt) = if pixels.is_empty() && ids.is_empty() {
+                (Vec::new(), Vec::new())
+            } else {
+                worker
+                    .device
+                    .run(move |dev| features(dev, &p.dir, &p.config, precision, pixels, ids))
+                    .await??
+            };
             let vectors: Vec<NewVector> = image_items
                 .iter()
                 .zip(img)
@@ -315,6 +321,7 @@ pub async fn run(input: EmbedInput, ctx: &NodeCtx) -> Result<Value> {
     Ok(json!({
         "model": {"model_id": model.id},
         "feature_set_id": set.id,
+        "precision": precision,
         "items": embedded + existing + failed.len(),
         "embedded": embedded,
         "already_embedded": existing,
