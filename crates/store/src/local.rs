@@ -1531,6 +1531,34 @@ impl Platform for LocalStore {
             .await
     }
 
+    async fn entities_with_vectors(
+        &self,
+        feature_set_id: &str,
+        entity_ids: &[Id],
+    ) -> Result<Vec<Id>> {
+        let fs_id = feature_set_id.to_string();
+        let ids = entity_ids.to_vec();
+        self.db
+            .read(move |c| {
+                feature_set_by_id(c, &fs_id)?;
+                let mut out = Vec::new();
+                // Well below SQLite's bound on host parameters.
+                for chunk in ids.chunks(500) {
+                    let marks = vec!["?"; chunk.len()].join(", ");
+                    let mut stmt = c.prepare(&format!(
+                        "SELECT entity_id FROM vectors WHERE feature_set_id = ? AND entity_id IN ({marks})"
+                    ))?;
+                    let args = std::iter::once(&fs_id).chain(chunk);
+                    let found = stmt
+                        .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(0))?
+                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                    out.extend(found);
+                }
+                Ok(out)
+            })
+            .await
+    }
+
     async fn get_vector(&self, feature_set_id: &str, entity_id: &str) -> Result<FeatureVector> {
         let (fs_id, entity) = (feature_set_id.to_string(), entity_id.to_string());
         self.db

@@ -126,6 +126,14 @@ pub trait Platform: Send + Sync {
         feature_set_id: &str,
         dataset_id: Option<&str>,
     ) -> Result<Vec<Id>>;
+    /// Which of `entity_ids` have a vector in the set (any order, no duplicates). The embed
+    /// node asks one page of items at a time, so what it holds is bounded by the page, not
+    /// by the set.
+    async fn entities_with_vectors(
+        &self,
+        feature_set_id: &str,
+        entity_ids: &[Id],
+    ) -> Result<Vec<Id>>;
     async fn get_vector(&self, feature_set_id: &str, entity_id: &str) -> Result<FeatureVector>;
     /// Top-k by cosine similarity, best first.
     async fn nearest(&self, feature_set_id: &str, query: &NearestQuery) -> Result<Vec<Neighbor>>;

@@ -1657,6 +1657,22 @@ impl Platform for DataloopBackend {
         Ok(out)
     }
 
+    async fn entities_with_vectors(
+        &self,
+        feature_set_id: &str,
+        entity_ids: &[Id],
+    ) -> Result<Vec<Id>> {
+        self.get_feature_set(feature_set_id).await?;
+        let mut seen = HashSet::new();
+        Ok(self
+            .vectors_of_entities(feature_set_id, entity_ids)
+            .await?
+            .into_iter()
+            .filter(|v| seen.insert(v.entity_id.clone()))
+            .map(|v| v.entity_id)
+            .collect())
+    }
+
     async fn get_vector(&self, feature_set_id: &str, entity_id: &str) -> Result<FeatureVector> {
         self.get_feature_set(feature_set_id).await?;
         self.vectors_where(feature_set_id, vec![json!({"entityId": entity_id})])

@@ -995,6 +995,27 @@ pub async fn feature_sets_and_vectors(p: &dyn Platform) {
     let mut want: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
     want.sort();
     assert_eq!(mine, want);
+    // A page's worth of ids: those with a vector, whatever else is asked about.
+    let mut asked: Vec<String> = vec![items[1].id.clone(), "no-such-entity".into()];
+    asked.push(other_items[0].id.clone());
+    asked.push(items[1].id.clone());
+    let mut with = p.entities_with_vectors(&fs.id, &asked).await.unwrap();
+    with.sort();
+    let mut want_with = vec![items[1].id.clone(), other_items[0].id.clone()];
+    want_with.sort();
+    assert_eq!(with, want_with);
+    assert!(p
+        .entities_with_vectors(&fs.id, &[])
+        .await
+        .unwrap()
+        .is_empty());
+    assert_kind(
+        p.entities_with_vectors("no-such-set", &asked)
+            .await
+            .unwrap_err(),
+        "not_found",
+        "no-such-set",
+    );
     let got = p.get_vector(&fs.id, &items[0].id).await.unwrap();
     assert_eq!(got.value, vals[0]);
     assert_eq!(got.dataset_id, ds.id);

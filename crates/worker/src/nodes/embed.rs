@@ -340,7 +340,7 @@ async fn read_batches(
     tx: tokio::sync::mpsc::Sender<Result<Ready>>,
 ) {
     let outcome: Result<()> = async {
-        let mut pages = Pages::open(&platform, target, &set_id, batch_size).await?;
+        let mut pages = Pages::open(&platform, target, batch_size).await?;
         let (mut failed, mut existing, mut pending) = (Vec::new(), 0usize, Vec::new());
         loop {
             let page = pages.next(&platform, &set_id).await?;
@@ -384,12 +384,7 @@ struct Page {
 
 /// The target's items, a page at a time.
 enum Pages {
-    Dataset {
-        id: String,
-        /// Entity ids only (not vectors): the one thing here that grows with the set.
-        done: HashSet<String>,
-        query: ItemQuery,
-    },
+    Dataset { id: String, query: ItemQuery },
     Items(Option<Vec<String>>),
 }
 
@@ -397,17 +392,11 @@ impl Pages {
     async fn open(
         platform: &Arc<dyn Platform>,
         target: EmbedTarget,
-        set_id: &str,
         batch_size: usize,
     ) -> Result<Self> {
         Ok(match target {
             EmbedTarget::Dataset { id, filter } => {
                 let dataset = platform.resolve_dataset(&id).await?;
-                let done = platform
-                    .vector_entities(set_id, Some(&dataset.id))
-                    .await?
-                    .into_iter()
-                    .collect();
                 let query = ItemQuery {
                     filter,
                     page: 0,
@@ -415,7 +404,6 @@ impl Pages {
                 };
                 Self::Dataset {
                     id: dataset.id,
-                    done,
                     query,
                 }
             }
@@ -432,27 +420,18 @@ impl Pages {
             more: false,
         };
         match self {
-            Self::Dataset { id, done, query } => {
+            Self::Dataset { id, query } => {
                 let items = platform.query_items(id, query).await?;
                 page.total = items.total_items_count as usize;
                 page.more = items.has_next_page && !items.items.is_empty();
                 query.page += 1;
-                for item in items.items {
-                    if done.contains(&item.id) {
-                        page.existing += 1;
-                    } else {
-                        page.todo.push(item);
-                    }
-                }
+                page.todo = items.items;
             }
             Self::Items(ids) => {
                 let ids = ids.take().unwrap_or_default();
                 page.total = ids.len();
                 for id in &ids {
                     match platform.get_item(id).await {
-                        Ok(item) if platform.get_vector(set_id, &item.id).await.is_ok() => {
-                            page.existing += 1
-                        }
                         Ok(item) => page.todo.push(item),
                         Err(e) => page
                             .failed
@@ -461,6 +440,21 @@ impl Pages {
                 }
             }
         }
+        // What already has a vector, asked for this page only: memory stays bounded by the
+        // page whatever the size of the set.
+        let ids: Vec<String> = page.todo.iter().map(|i| i.id.clone()).collect();
+        let done: HashSet<String> = if ids.is_empty() {
+            HashSet::new()
+        } else {
+            platform
+                .entities_with_vectors(set_id, &ids)
+                .await?
+                .into_iter()
+                .collect()
+        };
+        let before = page.todo.len();
+        page.todo.retain(|item| !done.contains(&item.id));
+        page.existing = before - page.todo.len();
         Ok(page)
     }
 }
