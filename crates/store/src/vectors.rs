@@ -15,7 +15,21 @@ use crate::error::{Result, StoreError};
 use rayon::prelude::*;
 use rusqlite::Connection;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+
+/// Top-k searches since the process started, and how many of them needed the second pass
+/// (the int8 bound could not prove the top-k alone): exported by the worker's /metrics.
+static SEARCHES: AtomicU64 = AtomicU64::new(0);
+static SECOND_PASSES: AtomicU64 = AtomicU64::new(0);
+
+/// (searches, second passes) so far in this process.
+pub fn search_counts() -> (u64, u64) {
+    (
+        SEARCHES.load(Ordering::Relaxed),
+        SECOND_PASSES.load(Ordering::Relaxed),
+    )
+}
 
 /// The rows of one feature set.
 #[derive(Default)]
@@ -124,6 +138,7 @@ impl Matrix {
         if k == 0 || self.is_empty() {
             return Vec::new();
         }
+        SEARCHES.fetch_add(1, Ordering::Relaxed);
         // |exact - approx| <= scale / 2 * ||q||_1 per row (plus rounding of the sums).
         let half_l1 = 0.5 * q.iter().map(|x| x.abs()).sum::<f32>() * 1.001;
         let bound = |r: usize| self.scales[r] * half_l1 + 1e-5;
@@ -145,6 +160,7 @@ impl Matrix {
             return top.into_sorted();
         }
         // The bound cannot rule out some rows: rescore every row that might beat the k-th.
+        SECOND_PASSES.fetch_add(1, Ordering::Relaxed);
         let threshold = top.floor();
         let seen: std::collections::HashSet<usize> = approx.iter().map(|c| c.0).collect();
         let extra = self.fold_rows(k, &q, |more, r, a| {
@@ -499,7 +515,10 @@ mod tests {
         let score = |r: &Vec<f32>| dot(r, &q) / (dot(r, r).sqrt() * dot(&q, &q).sqrt());
         let mut want: Vec<(usize, f32)> = rows.iter().map(score).enumerate().collect();
         want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let before = search_counts().1;
         let got = m.top_k(&q, 10, &|_| true);
+        // Other tests may search at the same time; the counter only grows.
+        assert!(search_counts().1 > before, "the second pass did not run");
         assert_eq!(got.len(), 10);
         for (g, w) in got.iter().zip(&want) {
             assert!((g.1 - w.1).abs() < 1e-6, "{g:?} vs {w:?}");

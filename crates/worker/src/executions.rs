@@ -825,6 +825,7 @@ impl Worker {
             running,
             device_pending: self.device.pending(),
             uptime: self.started.elapsed(),
+            searches: cliptune_store::vectors::search_counts(),
         }
     }
 

@@ -44,6 +44,8 @@ pub struct Gauges {
     /// Jobs waiting for the device thread.
     pub device_pending: usize,
     pub uptime: Duration,
+    /// Exact top-k searches, and those that needed the scan's second pass.
+    pub searches: (u64, u64),
 }
 
 impl Metrics {
@@ -207,6 +209,24 @@ impl Metrics {
         let _ = writeln!(w, "cliptune_embedded_items_total {}", s.embedded_items);
         header(
             w,
+            "cliptune_searches_total",
+            "counter",
+            "Nearest-neighbour searches over a feature set.",
+        );
+        let _ = writeln!(w, "cliptune_searches_total {}", gauges.searches.0);
+        header(
+            w,
+            "cliptune_search_second_passes_total",
+            "counter",
+            "Searches whose int8 scan could not prove the top-k alone and rescored more rows.",
+        );
+        let _ = writeln!(
+            w,
+            "cliptune_search_second_passes_total {}",
+            gauges.searches.1
+        );
+        header(
+            w,
             "cliptune_uptime_seconds",
             "gauge",
             "Seconds since the worker started.",
@@ -239,6 +259,7 @@ mod tests {
             running: vec![],
             device_pending: 0,
             uptime: Duration::from_secs(1),
+            searches: (7, 2),
         });
         assert!(text.contains(
             "cliptune_requests_total{method=\"GET\",route=\"/health\",status=\"200\"} 2"
@@ -246,5 +267,10 @@ mod tests {
         assert!(text.contains("route=\"/health\",le=\"0.005\"} 1"), "{text}");
         assert!(text.contains("route=\"/health\",le=\"0.5\"} 2"), "{text}");
         assert!(text.contains("cliptune_queue_depth{lane=\"train\"} 2"));
+        assert!(text.contains("cliptune_searches_total 7\n"), "{text}");
+        assert!(
+            text.contains("cliptune_search_second_passes_total 2\n"),
+            "{text}"
+        );
     }
 }
