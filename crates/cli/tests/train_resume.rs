@@ -249,6 +249,61 @@ fn kill_9_then_resume_matches_uninterrupted() {
     assert!(msg.contains("batch_size"), "{msg}");
 }
 
+/// Runs `cliptune` and returns its stdout, failing the test (with stderr) unless it succeeds.
+fn run_ok(home: &Path, args: &[&str]) -> Vec<u8> {
+    let out = cliptune(home, args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The folder `data` imported as store dataset "squares" and a tiny model "base" in `home`.
+fn store_with_dataset(tmp: &Path, home: &Path, data: &Path) {
+    let arch = tmp.join("arch.json");
+    std::fs::write(&arch, ARCH).unwrap();
+    let data = data.to_str().unwrap();
+    run_ok(home, &["datasets", "import", data, "--name", "squares"]);
+    let arch = arch.to_str().unwrap();
+    run_ok(
+        home,
+        &["models", "create", "--arch", arch, "--name", "base"],
+    );
+}
+
+/// One epoch of `train --dataset squares` from "base"; returns its JSON lines.
+fn train_on_squares(home: &Path) -> Vec<Value> {
+    let config = r#"{"batch_size": 4, "num_epochs": 1, "seed": 3, "eval_batch_size": 4}"#;
+    json_lines(&run_ok(
+        home,
+        &[
+            "--json",
+            "train",
+            "--dataset",
+            "squares",
+            "--base-model",
+            "base",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--config",
+            config,
+        ],
+    ))
+}
+
+/// `eval --dataset squares` of "base" (every pair: the items are untagged).
+fn eval_on_squares(home: &Path) -> Value {
+    let out = run_ok(
+        home,
+        &["--json", "eval", "--model", "base", "--dataset", "squares"],
+    );
+    serde_json::from_slice(&out).unwrap()
+}
+
 /// `--dataset` reads the pairs of a store dataset instead of a folder (untagged items: the
 /// seeded split a folder without a subset column gets).
 #[test]
@@ -256,56 +311,12 @@ fn train_and_eval_from_a_store_dataset() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
     let data = make_data(tmp.path());
-    let arch = tmp.path().join("arch.json");
-    std::fs::write(&arch, ARCH).unwrap();
-    let run = |args: &[&str]| -> Vec<Value> {
-        let out = cliptune(&home, args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        json_lines(&out.stdout)
-    };
-    run(&[
-        "datasets",
-        "import",
-        data.to_str().unwrap(),
-        "--name",
-        "squares",
-    ]);
-    run(&[
-        "models",
-        "create",
-        "--arch",
-        arch.to_str().unwrap(),
-        "--name",
-        "base",
-    ]);
-    let lines = run(&[
-        "--json",
-        "train",
-        "--dataset",
-        "squares",
-        "--base-model",
-        "base",
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "--config",
-        r#"{"batch_size": 4, "num_epochs": 1, "seed": 3, "eval_batch_size": 4}"#,
-    ]);
+    store_with_dataset(tmp.path(), &home, &data);
+    let lines = train_on_squares(&home);
     let done = lines.last().unwrap();
     assert_eq!(done["event"], "done", "{done}");
     assert_eq!(done["epochs_run"], 1);
-    let out = cliptune(
-        &home,
-        &["--json", "eval", "--model", "base", "--dataset", "squares"],
-    )
-    .output()
-    .unwrap();
-    let all: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let all = eval_on_squares(&home);
     assert_eq!(all["pairs"], 36, "{all}");
     assert!(all["i2t_r1"].as_f64().unwrap() >= 0.0);
     // Neither or both sources is a usage error that names the flags.
@@ -327,41 +338,11 @@ fn store_dataset_with_a_corrupt_image() {
     let mut captions = std::fs::read_to_string(data.join("captions.jsonl")).unwrap();
     captions.push_str("{\"file\": \"bad.png\", \"caption\": \"a red square\"}\n");
     std::fs::write(data.join("captions.jsonl"), captions).unwrap();
-    let arch = tmp.path().join("arch.json");
-    std::fs::write(&arch, ARCH).unwrap();
-    let run = |args: &[&str]| -> Vec<u8> {
-        let out = cliptune(&home, args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    };
-    let data = data.to_str().unwrap();
-    run(&["datasets", "import", data, "--name", "squares"]);
-    let arch = arch.to_str().unwrap();
-    run(&["models", "create", "--arch", arch, "--name", "base"]);
-    let config = r#"{"batch_size": 4, "num_epochs": 1, "seed": 3, "eval_batch_size": 4}"#;
-    let out = run(&[
-        "--json",
-        "train",
-        "--dataset",
-        "squares",
-        "--base-model",
-        "base",
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "--config",
-        config,
-    ]);
-    let done = json_lines(&out).pop().unwrap();
+    store_with_dataset(tmp.path(), &home, &data);
+    let done = train_on_squares(&home).pop().unwrap();
     assert_eq!(done["event"], "done", "{done}");
     assert_eq!(done["skipped_pairs"], 1, "{done}");
-    let out = run(&["--json", "eval", "--model", "base", "--dataset", "squares"]);
-    let all: Value = serde_json::from_slice(&out).unwrap();
+    let all = eval_on_squares(&home);
     assert_eq!(all["pairs"], 36, "{all}");
     let skipped = all["skipped"].as_array().unwrap();
     assert_eq!(skipped.len(), 1, "{all}");
