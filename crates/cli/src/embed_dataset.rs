@@ -41,7 +41,7 @@ pub struct EmbedDatasetArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// auto (bf16 on CUDA and on CPUs with native bf16, AVX512-BF16 or AMX; else fp32),
+    /// auto (bf16 on CUDA and on CPUs with native bf16, i.e. AVX512-BF16; else fp32),
     /// fp32 (exact), bf16 or fp16 (CUDA only).
     #[arg(long, default_value = "auto")]
     precision: String,
@@ -141,6 +141,7 @@ pub fn run(ctx: &Ctx, args: EmbedDatasetArgs) -> Result<()> {
         "error": execution.latest_status.error,
         "model_id": out["model"]["model_id"],
         "feature_set_id": out["feature_set_id"],
+        "precision": out["precision"],
         "items": out["items"],
         "embedded": out["embedded"],
         "already_embedded": out["already_embedded"],
@@ -166,12 +167,13 @@ fn human(s: &Value) -> String {
     }
     let failed = s["failed"].as_array().cloned().unwrap_or_default();
     let mut out = format!(
-        "{} embedded, {} already embedded, {} failed in {:.1} s ({} items/s) into feature set {}",
+        "{} embedded, {} already embedded, {} failed in {:.1} s ({} items/s, {}) into feature set {}",
         s["embedded"],
         s["already_embedded"],
         failed.len(),
         s["seconds"].as_f64().unwrap_or(0.0),
         s["items_per_s"],
+        s["precision"].as_str().unwrap_or("?"),
         s["feature_set_id"].as_str().unwrap_or("?"),
     );
     for f in failed.iter().take(10) {

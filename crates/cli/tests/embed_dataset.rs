@@ -3,7 +3,7 @@
 //! vector per readable item (equal to an uninterrupted run's) and lists the corrupt image.
 
 use cliptune_store::{LocalStore, Platform};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -240,8 +240,14 @@ fn precision_and_bad_input() {
         args.extend(["--precision", precision]);
         ok(cliptune(home, &args))
     };
-    assert_eq!(run(&home, "fp32")["embedded"], 24);
-    assert_eq!(run(&bf16_home, "bf16")["embedded"], 24);
+    let (fp32, bf16) = (run(&home, "fp32"), run(&bf16_home, "bf16"));
+    assert_eq!(fp32["embedded"], 24);
+    assert_eq!(bf16["embedded"], 24);
+    // The output says which precision ran.
+    assert_eq!(
+        (&fp32["precision"], &bf16["precision"]),
+        (&json!("fp32"), &json!("bf16"))
+    );
     let (a, b) = (vectors(&home), vectors(&bf16_home));
     assert_eq!(a.len(), 24);
     for ((ia, va), (ib, vb)) in a.iter().zip(&b) {
