@@ -15,6 +15,46 @@
 //!   glob (`*` also crosses `/`, as SQLite's GLOB), as Dataloop's SDK does.
 //! - `$ne` / `$nin` also match items without the field; comparisons only match values of
 //!   the same JSON type (numbers with numbers, strings with strings, by byte order).
+//! - `{"field": null}` matches a field that is `null` or absent, as in MongoDB (dtlpy's
+//!   `Dataset.get_items_missing_ml_subset` relies on it: `metadata.system.tags.train = None`
+//!   selects items with no subset).
+//!
+//! ## Nested objects under `metadata`
+//!
+//! `{"metadata": {"system": {"tags": {"train": true}}}}` means the same as
+//! `{"metadata.system.tags.train": true}`: an object without operator keys below `metadata`
+//! is a path into the item, and every leaf of it is one condition (ANDed). In MongoDB proper
+//! such an object would be an exact equality on the whole sub-document, which is not what
+//! Dataloop does, and the reason is in its own defaults:
+//!
+//! - The "CLIP Fine-tuning" template (dataloop-ai-apps/pipeline-templates
+//!   `mlops/smart_search/clip_train_and_embed/dataloop.json`, v1.0.98) and the Active
+//!   Learning app (`pipeline_configs/train_subset_filter.json`) ship their train/validation
+//!   subsets as `{"filter": {"$and": [{"hidden": false}, {"$or": [{"metadata": {"system":
+//!   {"tags": {"train": true}}}}]}, {"type": "file"}]}}`; the model adapter downloads each
+//!   subset with `Filters(custom_filter=...)` and raises "No items downloaded for subset"
+//!   when it is empty (dtlpy `ml/base_model_adapter.py`, `prepare_data`).
+//! - Every item's `metadata.system` also holds `mimetype`, `size`, ... (set by the gate on
+//!   upload), and dtlpy's `Item.assign_subset` writes `tags = {train: true, validation: null,
+//!   test: null}`. An exact sub-document equality would therefore select no item at all and
+//!   the template could never train; Dataloop's own scripts use this form to pick their test
+//!   subsets. So the gate compares leaves, and so does this module: an item tagged `train`
+//!   is selected whatever else its metadata and its tags hold.
+//!
+//! This is inferred from those sources, not observed on a live gate (docs/dataloop.md lists
+//! it among the unconfirmed points). Operator objects may appear at any depth
+//! (`{"metadata": {"user": {"score": {"$gt": 3}}}}`); an object mixing operator and field
+//! keys, an empty object, and a condition on `metadata` as a whole are validation errors.
+//!
+//! ## Bodies
+//!
+//! Dataloop stores and passes around whole query bodies (`{"filter": ..., "resource":
+//! "items", "page": 0, "pageSize": 1000}`, or only `{"filter": ...}` as the template's
+//! defaults): dtlpy's `Filters(custom_filter=x)` treats `x` as a body exactly when it has a
+//! `filter` key. [`body_filter`] applies the same rule; the stores accept either form
+//! wherever they take a filter, and subsets are stored as given. [`Filter::parse`] itself
+//! takes only the bare filter, so a body nested inside a body (`{"filter": {"filter": ...}}`)
+//! is refused rather than read as a field named `filter`.
 
 use crate::entities::Item;
 use crate::error::{Result, StoreError};
@@ -26,16 +66,63 @@ pub fn default_filter() -> Value {
     serde_json::json!({"$and": [{"hidden": false}, {"type": "file"}]})
 }
 
-/// Accepts a bare filter or a whole DQL body (`{"filter": ..., "resource": "items", ...}`).
+/// True when `v` is a whole DQL body rather than a bare filter: an object with a `filter`
+/// key (dtlpy's rule in `Filters.__generate_custom_query`). No item field is named `filter`,
+/// so the two never overlap.
+pub fn is_body(v: &Value) -> bool {
+    v.as_object().is_some_and(|m| m.contains_key("filter"))
+}
+
+/// The bare filter of a bare filter or a whole DQL body, unchecked (see [`body_filter`]).
 pub fn filter_from_body(body: &Value) -> Value {
-    match body.get("filter") {
-        Some(f)
-            if body.get("resource").is_some() || body.as_object().is_some_and(|o| o.len() <= 4) =>
-        {
-            f.clone()
-        }
-        _ => body.clone(),
+    if is_body(body) {
+        body["filter"].clone()
+    } else {
+        body.clone()
     }
+}
+
+/// Keys of a body that only steer paging and scoping, which the caller of a store decides;
+/// they are ignored here.
+const BODY_IGNORED: &[&str] = &["page", "pageSize", "sort", "context", "systemSpace"];
+
+/// The bare item filter of a bare filter or a whole DQL body (`{"filter": ..., "resource":
+/// "items", ...}`). A body must query `items` (when it says), its `filter` must be an object,
+/// and a `join` (items by their annotations) is refused: neither store evaluates it, and
+/// ignoring it would select other items than Dataloop does.
+pub fn body_filter(given: &Value) -> Result<Value> {
+    let Some(m) = given.as_object().filter(|_| is_body(given)) else {
+        return Ok(given.clone());
+    };
+    for (k, v) in m {
+        match k.as_str() {
+            "filter" => {
+                if !v.is_object() {
+                    return Err(bad(format!("the body's filter must be an object, got {v}")));
+                }
+            }
+            "resource" => {
+                if v != "items" {
+                    return Err(bad(format!(
+                        "the body queries resource {v}; an item filter needs \"items\""
+                    )));
+                }
+            }
+            "join" => {
+                return Err(bad(
+                    "a join (items by their annotations) is not supported in an item filter",
+                ))
+            }
+            k if BODY_IGNORED.contains(&k) => {}
+            other => {
+                return Err(bad(format!(
+                    "unknown key {other:?} in a DQL body (known: filter, resource, join, {})",
+                    BODY_IGNORED.join(", ")
+                )))
+            }
+        }
+    }
+    Ok(m["filter"].clone())
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -162,6 +249,15 @@ impl Filter {
         }
     }
 
+    /// What a store does with a filter it is given: a bare filter or a whole body
+    /// ([`body_filter`]), Dataloop's default for `None`.
+    pub fn parse_given(given: Option<&Value>) -> Result<Self> {
+        match given {
+            Some(v) => Self::parse(&body_filter(v)?),
+            None => Self::parse(&default_filter()),
+        }
+    }
+
     /// Evaluates the filter on an item.
     pub fn matches(&self, item: &Item) -> bool {
         let json = serde_json::to_value(item).unwrap_or(Value::Null);
@@ -175,6 +271,7 @@ impl Filter {
             Self::And(fs) => fs.iter().all(|f| f.matches_json(item)),
             Self::Or(fs) => fs.iter().any(|f| f.matches_json(item)),
             Self::Not(f) => !f.matches_json(item),
+            Self::Eq(field, Value::Null) => lookup(item, field).is_none_or(Value::is_null),
             Self::Eq(field, v) => lookup(item, field).is_some_and(|x| json_eq(x, v)),
             Self::Cmp(field, op, v) => lookup(item, field).is_some_and(|x| {
                 let ord = match (x, v) {
@@ -284,9 +381,10 @@ fn eq_sql(field: &Field, v: &Value, p: &mut Vec<SqlValue>) -> String {
             let (_, kind) = field_sql(field);
             format!("IFNULL(({kind} = '{b}'), 0)")
         }
+        // Absent (kind NULL) counts as null, as in MongoDB.
         Value::Null => {
             let (_, kind) = field_sql(field);
-            format!("IFNULL(({kind} = 'null'), 0)")
+            format!("IFNULL(({kind} = 'null'), 1)")
         }
         Value::Number(_) | Value::String(_) => typed_sql(field, v, "=", p),
         // Rejected at parse time.
@@ -388,7 +486,13 @@ fn parse_object(map: &Map<String, Value>) -> Result<Filter> {
                     "unsupported operator {k:?} at the top level (supported: {OPERATORS})"
                 )))
             }
-            field => parse_condition(parse_field(field)?, value)?,
+            "filter" => {
+                return Err(bad(
+                    "a key named \"filter\": this is a whole DQL body where a bare filter \
+                     belongs (a body nested in another body?)",
+                ))
+            }
+            field => parse_field_condition(field, value)?,
         });
     }
     Ok(match parts.len() {
@@ -396,6 +500,46 @@ fn parse_object(map: &Map<String, Value>) -> Result<Filter> {
         1 => parts.pop().expect("one part"),
         _ => Filter::And(parts),
     })
+}
+
+/// A condition on `name`; below `metadata`, an object without operator keys is a path
+/// into the item (see the module docs) and each of its leaves one ANDed condition.
+fn parse_field_condition(name: &str, value: &Value) -> Result<Filter> {
+    if name == "metadata" || name.starts_with("metadata.") {
+        if let Some(map) = value.as_object() {
+            if map.is_empty() {
+                return Err(bad(format!(
+                    "{name}: an empty object names no field (use $exists to test presence)"
+                )));
+            }
+            let operators = map.keys().filter(|k| k.starts_with('$')).count();
+            if operators == 0 {
+                let mut parts = map
+                    .iter()
+                    .map(|(k, v)| parse_field_condition(&format!("{name}.{k}"), v))
+                    .collect::<Result<Vec<_>>>()?;
+                return Ok(if parts.len() == 1 {
+                    parts.pop().expect("one part")
+                } else {
+                    Filter::And(parts)
+                });
+            }
+            if operators != map.len() {
+                let keys: Vec<&str> = map.keys().map(String::as_str).collect();
+                return Err(bad(format!(
+                    "{name}: an object mixes operators and fields ({})",
+                    keys.join(", ")
+                )));
+            }
+        }
+        if name == "metadata" {
+            return Err(bad(
+                "metadata itself cannot be compared; name a path below it \
+                 (e.g. metadata.system.tags.train)",
+            ));
+        }
+    }
+    parse_condition(parse_field(name)?, value)
 }
 
 fn is_operator_object(value: &Value) -> bool {
@@ -591,6 +735,119 @@ mod tests {
         assert!(err.to_string().contains("$nor"), "{err}");
         let err = Filter::parse(&json!({"bogus": 1})).unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    /// The template's default train subset (pipeline-templates, clip_train_and_embed v1.0.98).
+    fn template_subset(tag: &str) -> Value {
+        json!({"filter": {"$and": [
+            {"hidden": false},
+            {"$or": [{"metadata": {"system": {"tags": {tag: true}}}}]},
+            {"type": "file"}
+        ]}})
+    }
+
+    #[test]
+    fn nested_metadata_objects_are_paths() {
+        assert_eq!(
+            Filter::parse(&json!({"metadata": {"system": {"tags": {"train": true}}}})).unwrap(),
+            Filter::parse(&json!({"metadata.system.tags.train": true})).unwrap()
+        );
+        assert_eq!(
+            Filter::parse(&json!({"metadata.user": {"score": {"$gt": 3}, "label": "cat"}}))
+                .unwrap(),
+            // serde_json keeps object keys sorted, so "label" comes first.
+            Filter::parse(&json!({"$and": [
+                {"metadata.user.label": "cat"},
+                {"metadata.user.score": {"$gt": 3}}
+            ]}))
+            .unwrap()
+        );
+        // Other keys beside the tag, in tags and in system, do not stop the match.
+        let f = Filter::parse(&body_filter(&template_subset("train")).unwrap()).unwrap();
+        let item = |tags: Value, hidden: bool| {
+            json!({"type": "file", "hidden": hidden, "metadata": {"system": {
+                "mimetype": "image/png", "size": 3, "tags": tags}}})
+        };
+        assert!(f.matches_json(&item(
+            json!({"train": true, "validation": null, "test": null}),
+            false
+        )));
+        assert!(f.matches_json(&item(json!({"train": true}), false)));
+        assert!(!f.matches_json(&item(json!({"train": true}), true)));
+        assert!(!f.matches_json(&item(json!({"validation": true}), false)));
+        assert!(!f.matches_json(&item(json!({"train": false}), false)));
+        assert!(!f.matches_json(&item(json!({"train": "true"}), false)));
+        assert!(!f.matches_json(&json!({"type": "file", "hidden": false, "metadata": {}})));
+    }
+
+    #[test]
+    fn nested_forms_that_are_refused() {
+        for (filter, mentions) in [
+            (json!({"metadata": {"user": {}}}), "empty object"),
+            (
+                json!({"metadata": {"user": {"$exists": true, "label": "x"}}}),
+                "mixes operators",
+            ),
+            (json!({"metadata": {"$exists": true}}), "metadata itself"),
+            (json!({"metadata": 3}), "metadata itself"),
+            (json!({"metadata": {"user": {"": 1}}}), "empty path segment"),
+            (json!({"hidden": {"a": 1}}), "array or object"),
+        ] {
+            let err = Filter::parse(&filter).unwrap_err().to_string();
+            assert!(err.contains(mentions), "{filter}: {err}");
+        }
+    }
+
+    #[test]
+    fn bodies_are_unwrapped_once() {
+        let body = template_subset("validation");
+        assert!(is_body(&body));
+        assert_eq!(body_filter(&body).unwrap(), body["filter"]);
+        assert_eq!(filter_from_body(&body), body["filter"]);
+        // dtlpy's Filters.prepare() adds paging and the resource; they do not change the items.
+        let mut prepared = body.clone();
+        for (k, v) in [
+            ("resource", json!("items")),
+            ("page", json!(0)),
+            ("pageSize", json!(1000)),
+            ("sort", json!({"filename": "ascending"})),
+        ] {
+            prepared[k] = v;
+        }
+        assert_eq!(body_filter(&prepared).unwrap(), body["filter"]);
+        // A bare filter is its own filter.
+        let bare = json!({"metadata.system.tags.train": true});
+        assert!(!is_body(&bare));
+        assert_eq!(body_filter(&bare).unwrap(), bare);
+        // Wrapped twice is an error, not a filter on a field named "filter".
+        let twice = json!({"filter": body});
+        let err = Filter::parse_given(Some(&twice)).unwrap_err().to_string();
+        assert!(err.contains("body nested"), "{err}");
+        for (b, mentions) in [
+            (json!({"filter": {}, "resource": "annotations"}), "resource"),
+            (json!({"filter": {}, "join": {"filter": {}}}), "join"),
+            (json!({"filter": [1]}), "must be an object"),
+            (json!({"filter": {}, "bogus": 1}), "bogus"),
+        ] {
+            let err = body_filter(&b).unwrap_err().to_string();
+            assert!(err.contains(mentions), "{b}: {err}");
+        }
+        assert_eq!(
+            Filter::parse_given(None).unwrap(),
+            Filter::parse(&default_filter()).unwrap()
+        );
+    }
+
+    #[test]
+    fn null_matches_null_or_absent() {
+        let f = Filter::parse(&json!({"metadata.system.tags.train": null})).unwrap();
+        assert!(f.matches_json(&json!({"metadata": {"system": {"tags": {"train": null}}}})));
+        assert!(f.matches_json(&json!({"metadata": {"system": {}}})));
+        assert!(f.matches_json(&json!({})));
+        assert!(!f.matches_json(&json!({"metadata": {"system": {"tags": {"train": true}}}})));
+        let ne = Filter::parse(&json!({"metadata.system.tags.train": {"$ne": null}})).unwrap();
+        assert!(ne.matches_json(&json!({"metadata": {"system": {"tags": {"train": true}}}})));
+        assert!(!ne.matches_json(&json!({"metadata": {}})));
     }
 
     #[test]
