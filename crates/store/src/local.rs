@@ -220,6 +220,25 @@ pub(crate) enum Change {
     Unchanged,
 }
 
+/// How `update_item` applies an item's metadata, on both backends: members of `over` are
+/// written (objects member by member, `null` stored as `null`), members it leaves out are
+/// kept. A copy read before someone else (or the platform) added a key cannot remove it.
+pub(crate) fn merge_metadata(base: &mut Value, over: &Value) {
+    merge_objects(base, over)
+}
+
+/// `update_item` merges metadata, so only an object (or none) makes sense.
+pub(crate) fn check_update_metadata(item: &Item) -> Result<()> {
+    if item.metadata.is_object() || item.metadata.is_null() {
+        Ok(())
+    } else {
+        Err(StoreError::invalid(
+            format!("metadata of item {}", item.id),
+            "must be a JSON object",
+        ))
+    }
+}
+
 fn merge_objects(base: &mut Value, over: &Value) {
     match (base, over) {
         (Value::Object(b), Value::Object(o)) => {
@@ -700,9 +719,23 @@ impl Platform for LocalStore {
     }
 
     async fn update_item(&self, item: &Item) -> Result<Item> {
-        let item = item.clone();
+        let mut item = item.clone();
+        check_update_metadata(&item)?;
         self.db
             .write(move |t| {
+                let stored: Option<String> = t
+                    .query_row(
+                        "SELECT metadata FROM items WHERE id = ?1",
+                        params![item.id],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let Some(stored) = stored else {
+                    return Err(StoreError::not_found("item", &item.id));
+                };
+                let mut metadata: Value = serde_json::from_str(&stored).unwrap_or(Value::Null);
+                merge_metadata(&mut metadata, &item.metadata);
+                item.metadata = metadata;
                 let n = t.execute(
                     "UPDATE items SET description = ?2, metadata = ?3, hidden = ?4, updated_at = ?5 WHERE id = ?1",
                     params![
@@ -728,7 +761,8 @@ impl Platform for LocalStore {
                 format!("{} is not in 1..=10000", query.page_size),
             ));
         }
-        let filter = Filter::parse_or_default(query.filter.as_ref())?;
+        // A bare filter or a whole body (a model's subsets are stored as Dataloop bodies).
+        let filter = Filter::parse_given(query.filter.as_ref())?;
         let (where_sql, mut params) = filter.to_sql();
         let dataset_id = dataset_id.to_string();
         let (page, page_size) = (query.page, query.page_size);
@@ -1599,7 +1633,7 @@ impl Platform for LocalStore {
                         "a filter needs a datasetId",
                     ));
                 }
-                Some(Filter::parse(f)?)
+                Some(Filter::parse_given(Some(f))?)
             }
             None => None,
         };

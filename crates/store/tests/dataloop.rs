@@ -309,8 +309,13 @@ async fn items_upload_patch_stream_and_captions() {
     let edited = b.update_item(&edited).await.unwrap();
     assert_eq!(edited.own_caption(), Some("a black cat"));
     assert!(edited.hidden);
+    // Only the change goes out, and without ?system=true as no system metadata changed.
     let patch = gate.calls_to("PATCH", "/items/").pop().unwrap();
-    assert_eq!(patch.query, "system=true");
+    assert_eq!(patch.query, "");
+    assert_eq!(
+        patch.body,
+        json!({"description": "a black cat", "hidden": true})
+    );
 
     // A prompt item in another dataset, captioned by a free-text annotation.
     let prompt = PromptContent::to_json(&cat.id, Some("describe"));
@@ -349,7 +354,271 @@ async fn items_upload_patch_stream_and_captions() {
     ));
 }
 
+#[tokio::test]
+async fn item_updates_send_the_change_and_flag_system_changes() {
+    let (gate, b) = setup().await;
+    let ds = b.create_dataset("d").await.unwrap();
+    let it = b
+        .upload_item(&ds.id, img("/a.jpg", Some("a"), Some("train")))
+        .await
+        .unwrap();
+    let patches = || gate.calls_to("PATCH", "/items/");
+    // Unchanged: no request at all.
+    assert_eq!(b.update_item(&it).await.unwrap(), it);
+    assert!(patches().is_empty());
+
+    let mut user = it.clone();
+    set_path(&mut user.metadata, &["user", "label"], json!("cat"));
+    b.update_item(&user).await.unwrap();
+    let p = patches().pop().unwrap();
+    assert_eq!(
+        (p.query.as_str(), &p.body),
+        ("", &json!({"metadata": {"user": {"label": "cat"}}}))
+    );
+
+    // assign_subset("validation") as dtlpy writes it: the tags only, with ?system=true.
+    let mut tags = b.get_item(&it.id).await.unwrap();
+    set_path(
+        &mut tags.metadata,
+        &["system", "tags"],
+        json!({"train": null, "validation": true, "test": null}),
+    );
+    let saved = b.update_item(&tags).await.unwrap();
+    let p = patches().pop().unwrap();
+    assert_eq!(p.query, "system=true");
+    assert_eq!(
+        p.body,
+        json!({"metadata": {"system": {"tags": {"train": null, "validation": true, "test": null}}}})
+    );
+    assert!(saved.has_tag("validation") && !saved.has_tag("train"));
+    // The gate's own system fields were not sent, so they are intact.
+    assert_eq!(saved.metadata["system"]["mimetype"], "image/jpeg");
+    assert_eq!(saved.metadata["user"]["label"], "cat");
+}
+
+/// The fake gate refuses what the real one would not take (or would silently drop), so the
+/// backend tests above cannot pass by accident.
+#[tokio::test]
+async fn fake_gate_enforces_payload_rules() {
+    let (gate, b) = setup().await;
+    let ds = b.create_dataset("d").await.unwrap();
+    let it = b
+        .upload_item(&ds.id, img("/a.jpg", None, Some("train")))
+        .await
+        .unwrap();
+    let base = gate.seed_model("base", "pre-trained", json!({}));
+    let http = reqwest::Client::new();
+    let send = |method: reqwest::Method, path: String, body: Value| {
+        let req = http
+            .request(method, format!("{}{path}", gate.url))
+            .bearer_auth(&gate.api_key)
+            .json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        }
+    };
+    let system_change = json!({"metadata": {"system": {"tags": {"train": null}}}});
+    let (st, msg) = send(
+        reqwest::Method::PATCH,
+        format!("/items/{}", it.id),
+        system_change.clone(),
+    )
+    .await;
+    assert_eq!(st, 400, "{msg}");
+    assert!(msg.contains("system=true"), "{msg}");
+    let (st, _) = send(
+        reqwest::Method::PATCH,
+        format!("/items/{}?system=true", it.id),
+        system_change,
+    )
+    .await;
+    assert_eq!(st, 200);
+
+    let mut model = gate.model_json(&base);
+    model["metadata"]["system"]["subsets"] = json!({"train": {}, "validation": {}});
+    let (st, msg) = send(
+        reqwest::Method::PATCH,
+        format!("/ml/models/{base}"),
+        model.clone(),
+    )
+    .await;
+    assert_eq!(st, 400, "{msg}");
+    assert!(msg.contains("system=true"), "{msg}");
+    let (st, _) = send(
+        reqwest::Method::PATCH,
+        format!("/ml/models/{base}?system=true"),
+        model,
+    )
+    .await;
+    assert_eq!(st, 200);
+
+    // A clone must carry the source's package and types, as dtlpy's model.clone does.
+    let (st, msg) = send(
+        reqwest::Method::POST,
+        format!("/ml/models/{base}/clone"),
+        json!({"name": "c", "projectId": gate.project_id, "outputType": "embedding", "inputType": "image"}),
+    )
+    .await;
+    assert_eq!(st, 400, "{msg}");
+    assert!(msg.contains("packageId"), "{msg}");
+    // A create without the types dtlpy always sends.
+    let (st, msg) = send(
+        reqwest::Method::POST,
+        "/ml/models".into(),
+        json!({"name": "n", "projectId": gate.project_id}),
+    )
+    .await;
+    assert_eq!(st, 400, "{msg}");
+    assert!(msg.contains("outputType"), "{msg}");
+    // A body wrapped in a body.
+    let (st, msg) = send(
+        reqwest::Method::POST,
+        format!("/datasets/{}/query", ds.id),
+        json!({"filter": {"filter": {"hidden": false}}, "resource": "items", "page": 0, "pageSize": 10}),
+    )
+    .await;
+    assert_eq!(st, 400, "{msg}");
+    assert!(msg.contains("filter"), "{msg}");
+}
+
+#[tokio::test]
+async fn subset_bodies_are_sent_unwrapped() {
+    let (gate, b) = setup().await;
+    let ds = b.create_dataset("d").await.unwrap();
+    for (name, tag) in [("/t.jpg", "train"), ("/v.jpg", "validation")] {
+        b.upload_item(&ds.id, img(name, None, Some(tag)))
+            .await
+            .unwrap();
+    }
+    let body = json!({"filter": {"$and": [{"hidden": false},
+        {"$or": [{"metadata": {"system": {"tags": {"train": true}}}}]}, {"type": "file"}]}});
+    let got = b.all_items(&ds.id, Some(body.clone())).await.unwrap();
+    assert_eq!(
+        got.iter().map(|i| i.filename.as_str()).collect::<Vec<_>>(),
+        ["/t.jpg"]
+    );
+    let sent = gate.calls_to("POST", "/query").pop().unwrap();
+    assert_eq!(sent.body["filter"], body["filter"]);
+    assert_eq!(sent.body["resource"], "items");
+    // A join cannot be evaluated by the embedded store, so neither backend takes one.
+    let err = b
+        .query_items(
+            &ds.id,
+            &ItemQuery {
+                filter: Some(json!({"filter": {}, "join": {"filter": {}}})),
+                ..ItemQuery::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("join"), "{err}");
+}
+
 // ---- models ----
+
+#[tokio::test]
+async fn model_create_sends_what_dtlpy_sends() {
+    let gate = FakeGate::start().await;
+    let mut cfg = gate.api_key_config();
+    let app = json!({"id": "fa4e000000000000000000aa", "componentName": "cliptune-clip",
+        "dpkName": "cliptune", "dpkVersion": "0.1.0", "dpkId": "fa4e000000000000000000ab"});
+    cfg.model_app = Some(cliptune_store::dataloop::ModelApp {
+        package_id: "fa4e000000000000000000ac".into(),
+        module_name: "cliptune-module".into(),
+        app: Some(app.clone()),
+    });
+    let b = DataloopBackend::new(cfg).unwrap();
+    let m = b
+        .create_model(NewModel {
+            name: "from-app".into(),
+            status: ModelStatus::PreTrained,
+            configuration: Default::default(),
+            dataset_id: None,
+            description: None,
+            metadata: json!({}),
+        })
+        .await
+        .unwrap();
+    let body = &gate
+        .calls_to("POST", "/ml/models")
+        .last()
+        .unwrap()
+        .body
+        .clone();
+    assert_eq!(body["packageId"], "fa4e000000000000000000ac");
+    assert_eq!(body["moduleName"], "cliptune-module");
+    assert_eq!(body["app"], app);
+    assert_eq!(
+        (body["outputType"].as_str(), body["inputType"].as_str()),
+        (Some("embedding"), Some("image"))
+    );
+    assert_eq!(body["artifacts"], json!([]));
+    assert_eq!(
+        gate.model_json(&m.id)["packageId"],
+        "fa4e000000000000000000ac"
+    );
+
+    // A clone carries the source's package and types (dtlpy's model.clone).
+    let c = b.clone_model(&m.id, CloneModel::default()).await.unwrap();
+    let clone_body = &gate.calls_to("POST", "/clone")[0].body;
+    assert_eq!(clone_body["packageId"], "fa4e000000000000000000ac");
+    assert_eq!(clone_body["outputType"], "embedding");
+    assert_eq!(clone_body["inputType"], "image");
+    assert_eq!(gate.model_json(&c.id)["moduleName"], "cliptune-module");
+
+    // Without an app the types still go, the package does not.
+    let (gate2, b2) = setup().await;
+    b2.create_model(NewModel {
+        name: "bare".into(),
+        status: ModelStatus::PreTrained,
+        configuration: Default::default(),
+        dataset_id: None,
+        description: None,
+        metadata: json!({}),
+    })
+    .await
+    .unwrap();
+    let body = &gate2
+        .calls_to("POST", "/ml/models")
+        .last()
+        .unwrap()
+        .body
+        .clone();
+    assert!(body.get("packageId").is_none(), "{body}");
+    assert_eq!(body["outputType"], "embedding");
+}
+
+#[tokio::test]
+async fn model_system_metadata_changes_use_system_true() {
+    let (gate, b) = setup().await;
+    let id = gate.seed_model("m", "created", json!({}));
+    let mut m = b.get_model(&id).await.unwrap();
+    m.status = ModelStatus::Training;
+    let m = b.update_model(&m).await.unwrap();
+    assert_eq!(
+        gate.calls_to("PATCH", "/ml/models/").pop().unwrap().query,
+        ""
+    );
+    let mut m2 = m.clone();
+    let subsets = Subsets {
+        train: json!({"filter": {"metadata": {"system": {"tags": {"train": true}}}}}),
+        validation: json!({"filter": {"metadata": {"system": {"tags": {"validation": true}}}}}),
+    };
+    m2.set_subsets(&subsets);
+    let m2 = b.update_model(&m2).await.unwrap();
+    assert_eq!(
+        gate.calls_to("PATCH", "/ml/models/").pop().unwrap().query,
+        "system=true"
+    );
+    assert_eq!(m2.subsets(), Some(subsets));
+    assert_eq!(
+        gate.model_json(&id)["metadata"]["system"]["subsets"]["train"]["filter"]["metadata"]
+            ["system"]["tags"]["train"],
+        true
+    );
+}
 
 #[tokio::test]
 async fn clone_polls_while_cloning_and_merges_config() {

@@ -27,6 +27,18 @@ async fn dql_queries() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_subsets() {
+    let (_g, b, _d) = backend().await;
+    suite::template_subsets(&b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item_updates() {
+    let (_g, b, _d) = backend().await;
+    suite::item_updates(&b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn captions() {
     let (_g, b, _d) = backend().await;
     suite::captions(&b).await;

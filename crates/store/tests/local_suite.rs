@@ -23,6 +23,18 @@ async fn dql_queries() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_subsets() {
+    let (_d, s) = store();
+    suite::template_subsets(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item_updates() {
+    let (_d, s) = store();
+    suite::item_updates(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn captions() {
     let (_d, s) = store();
     suite::captions(&s).await;

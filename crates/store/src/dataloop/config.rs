@@ -44,6 +44,19 @@ impl fmt::Debug for DataloopAuth {
     }
 }
 
+/// The app (DPK) whose `models` component new models belong to. dtlpy's `models.create`
+/// takes these from the app and sends them as `packageId`, `moduleName` and `app`; without
+/// one, models are created without them (the gate may refuse that: docs/dataloop.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelApp {
+    /// The DPK's id (`packageId`).
+    pub package_id: String,
+    /// The `moduleName` of the DPK's models component.
+    pub module_name: String,
+    /// `{id, componentName, dpkName, dpkVersion, dpkId}`, sent as is when given.
+    pub app: Option<serde_json::Value>,
+}
+
 /// Everything [`super::DataloopBackend`] needs; [`DataloopConfig::new`] fills sensible defaults.
 #[derive(Debug, Clone)]
 pub struct DataloopConfig {
@@ -72,6 +85,9 @@ pub struct DataloopConfig {
     pub service_id: Option<String>,
     /// The project's system dataset holding model artifacts.
     pub binaries_dataset: String,
+    /// Sent with every model `create_model` registers (`DATALOOP_MODEL_PACKAGE_ID`,
+    /// `DATALOOP_MODEL_MODULE_NAME`, optional `DATALOOP_MODEL_APP` as JSON).
+    pub model_app: Option<ModelApp>,
 }
 
 impl DataloopConfig {
@@ -91,6 +107,7 @@ impl DataloopConfig {
             clone_timeout: Duration::from_secs(900),
             service_id: None,
             binaries_dataset: "Binaries".to_string(),
+            model_app: None,
         }
     }
 
@@ -134,6 +151,34 @@ impl DataloopConfig {
             cfg.gate_url = url;
         }
         cfg.service_id = get("DATALOOP_SERVICE_ID");
+        cfg.model_app =
+            match (
+                get("DATALOOP_MODEL_PACKAGE_ID"),
+                get("DATALOOP_MODEL_MODULE_NAME"),
+            ) {
+                (None, None) => None,
+                (Some(package_id), Some(module_name)) => Some(ModelApp {
+                    package_id,
+                    module_name,
+                    app: get("DATALOOP_MODEL_APP")
+                        .map(|a| {
+                            serde_json::from_str::<serde_json::Value>(&a)
+                                .ok()
+                                .filter(serde_json::Value::is_object)
+                                .ok_or_else(|| {
+                                    StoreError::invalid(
+                                        "Dataloop configuration",
+                                        "DATALOOP_MODEL_APP must be a JSON object",
+                                    )
+                                })
+                        })
+                        .transpose()?,
+                }),
+                _ => return Err(StoreError::invalid(
+                    "Dataloop configuration",
+                    "set both DATALOOP_MODEL_PACKAGE_ID and DATALOOP_MODEL_MODULE_NAME, or neither",
+                )),
+            };
         cfg.validate()?;
         Ok(cfg)
     }
@@ -210,5 +255,50 @@ mod tests {
         })
         .unwrap();
         assert!(!format!("{ok:?}").contains("secret-key"));
+        assert_eq!(ok.model_app, None);
+    }
+
+    #[test]
+    fn env_model_app() {
+        let vars = |extra: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                [("DATALOOP_PROJECT_ID", "p"), ("DATALOOP_API_KEY", "k")]
+                    .iter()
+                    .chain(extra)
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let c = DataloopConfig::from_lookup(vars(&[
+            ("DATALOOP_MODEL_PACKAGE_ID", "pkg"),
+            ("DATALOOP_MODEL_MODULE_NAME", "clip-module"),
+            (
+                "DATALOOP_MODEL_APP",
+                r#"{"id": "app1", "componentName": "cliptune-clip"}"#,
+            ),
+        ]))
+        .unwrap();
+        let app = c.model_app.unwrap();
+        assert_eq!(
+            (app.package_id.as_str(), app.module_name.as_str()),
+            ("pkg", "clip-module")
+        );
+        assert_eq!(app.app.unwrap()["componentName"], "cliptune-clip");
+        let half =
+            DataloopConfig::from_lookup(vars(&[("DATALOOP_MODEL_PACKAGE_ID", "pkg")])).unwrap_err();
+        assert!(
+            half.to_string().contains("DATALOOP_MODEL_MODULE_NAME"),
+            "{half}"
+        );
+        let bad_app = DataloopConfig::from_lookup(vars(&[
+            ("DATALOOP_MODEL_PACKAGE_ID", "pkg"),
+            ("DATALOOP_MODEL_MODULE_NAME", "m"),
+            ("DATALOOP_MODEL_APP", "[1]"),
+        ]))
+        .unwrap_err();
+        assert!(
+            bad_app.to_string().contains("DATALOOP_MODEL_APP"),
+            "{bad_app}"
+        );
     }
 }

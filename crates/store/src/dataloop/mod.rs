@@ -13,7 +13,7 @@ mod files;
 mod http;
 mod wire;
 
-pub use config::{DataloopAuth, DataloopConfig, DEFAULT_GATE_URL};
+pub use config::{DataloopAuth, DataloopConfig, ModelApp, DEFAULT_GATE_URL};
 
 use crate::entities::*;
 use crate::error::{Result, StoreError};
@@ -36,6 +36,10 @@ const VECTOR_CHUNK: usize = 500;
 const MAX_PAGES: u32 = 100_000;
 /// Fewest candidates fetched for a nearest-neighbour query before re-ranking by cosine.
 const CANDIDATE_POOL_MIN: usize = 64;
+/// What cliptune's models produce and take, as dtlpy's `models.create` states them (the
+/// model adapter trains without annotations only for `embedding`).
+const MODEL_OUTPUT_TYPE: &str = "embedding";
+const MODEL_INPUT_TYPE: &str = "image";
 /// Where a model's checkpoint files live in the project's Binaries dataset.
 const ARTIFACTS_ROOT: &str = "/artifacts/models";
 
@@ -171,6 +175,40 @@ impl DataloopBackend {
         })
     }
 
+    /// `PATCH /items/{id}` with the difference between `current` (as the gate has it) and
+    /// `wanted`, whose metadata is merged into the current one as `update_item` promises.
+    /// Nothing to change: no request.
+    async fn patch_item(&self, current: &Item, wanted: &Item) -> Result<Item> {
+        let mut metadata = current.metadata.clone();
+        crate::local::merge_metadata(&mut metadata, &wanted.metadata);
+        let fields = |description: &Option<String>, metadata: &Value, hidden: bool| {
+            json!({
+                "description": description,
+                "metadata": metadata,
+                "hidden": hidden,
+            })
+        };
+        let Some(patch) = wire::diff(
+            &fields(&current.description, &current.metadata, current.hidden),
+            &fields(&wanted.description, &metadata, wanted.hidden),
+        ) else {
+            return Ok(current.clone());
+        };
+        let system = patch
+            .get("metadata")
+            .is_some_and(|m| m.get("system").is_some());
+        let path = format!(
+            "/items/{}{}",
+            id_seg("item", &current.id)?,
+            if system { "?system=true" } else { "" }
+        );
+        wire::item(
+            self.gate
+                .json(Req::patch(path, patch, Target::new("item", &current.id)))
+                .await?,
+        )
+    }
+
     fn project_scope(&self) -> Map<String, Value> {
         let mut m = Map::new();
         m.insert("context".into(), self.context());
@@ -234,7 +272,22 @@ impl DataloopBackend {
     }
 
     async fn patch_model(&self, id: &str, raw: Map<String, Value>) -> Result<wire::WireModel> {
-        let path = format!("/ml/models/{}", id_seg("model", id)?);
+        self.patch_model_with(id, raw, false).await
+    }
+
+    /// `system`: the body changes `metadata.system`, which the gate takes only with
+    /// `?system=true`.
+    async fn patch_model_with(
+        &self,
+        id: &str,
+        raw: Map<String, Value>,
+        system: bool,
+    ) -> Result<wire::WireModel> {
+        let path = format!(
+            "/ml/models/{}{}",
+            id_seg("model", id)?,
+            if system { "?system=true" } else { "" }
+        );
         let v = self
             .gate
             .json(Req::patch(
@@ -602,10 +655,13 @@ impl Platform for DataloopBackend {
         req.transfer = true;
         // Overwrite mode makes a resend harmless.
         req.idempotent = true;
-        let mut out = wire::item(self.gate.json(req).await?)?;
+        let out = wire::item(self.gate.json(req).await?)?;
         if item.hidden && !out.hidden {
-            out.hidden = true;
-            out = self.update_item(&out).await?;
+            let hidden = Item {
+                hidden: true,
+                ..out.clone()
+            };
+            return self.patch_item(&out, &hidden).await;
         }
         Ok(out)
     }
@@ -619,18 +675,12 @@ impl Platform for DataloopBackend {
         )
     }
 
+    /// Reads the item, then PATCHes only what differs (dtlpy's `items.update` sends its
+    /// `DictDiffer` diff), adding `?system=true` only when that touches `metadata.system`.
     async fn update_item(&self, item: &Item) -> Result<Item> {
-        let path = format!("/items/{}?system=true", id_seg("item", &item.id)?);
-        let body = json!({
-            "description": item.description,
-            "metadata": item.metadata,
-            "hidden": item.hidden,
-        });
-        wire::item(
-            self.gate
-                .json(Req::patch(path, body, Target::new("item", &item.id)))
-                .await?,
-        )
+        crate::local::check_update_metadata(item)?;
+        let current = self.get_item(&item.id).await?;
+        self.patch_item(&current, item).await
     }
 
     async fn query_items(&self, dataset_id: &str, query: &ItemQuery) -> Result<ItemPage> {
@@ -641,10 +691,11 @@ impl Platform for DataloopBackend {
                 format!("{} is outside 1..={PAGE_SIZE}", query.page_size),
             ));
         }
-        let filter = query
-            .filter
-            .clone()
-            .unwrap_or_else(crate::dql::default_filter);
+        // A whole body (a model's stored subsets) contributes its filter, never itself.
+        let filter = match &query.filter {
+            Some(f) => crate::dql::body_filter(f)?,
+            None => crate::dql::default_filter(),
+        };
         let mut extra = Map::new();
         // A stable order, so paging neither skips nor repeats items.
         extra.insert("sort".into(), json!({"filename": "ascending"}));
@@ -719,15 +770,28 @@ impl Platform for DataloopBackend {
             Err(StoreError::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
+        // dtlpy's models.create: the fields it always sends, the app's when one is configured.
         let mut body = json!({
             "name": model.name,
             "projectId": self.project(),
             "status": model.status.as_str(),
             "configuration": model.configuration,
-            "metadata": if model.metadata.is_object() { model.metadata } else { json!({}) },
+            "metadata": if model.metadata.is_object() { model.metadata } else { json!({"system": {}}) },
             "labels": [],
             "tags": [],
+            "scope": "project",
+            "version": "1.0.0",
+            "artifacts": [],
+            "outputType": MODEL_OUTPUT_TYPE,
+            "inputType": MODEL_INPUT_TYPE,
         });
+        if let Some(app) = &self.cfg.model_app {
+            body["packageId"] = json!(app.package_id);
+            body["moduleName"] = json!(app.module_name);
+            if let Some(a) = &app.app {
+                body["app"] = a.clone();
+            }
+        }
         if let Some(d) = model.dataset_id {
             body["datasetId"] = json!(d);
         }
@@ -773,6 +837,16 @@ impl Platform for DataloopBackend {
     /// so the clone starts without artifacts as the trait requires.
     async fn clone_model(&self, id: &str, options: CloneModel) -> Result<Model> {
         let base_raw = self.model_raw(id).await?;
+        // dtlpy's model.clone sends these from the source model.
+        let inherited: Vec<(&str, Value)> = ["packageId", "outputType", "inputType"]
+            .into_iter()
+            .filter_map(|k| {
+                base_raw
+                    .get(k)
+                    .filter(|v| !v.is_null())
+                    .map(|v| (k, v.clone()))
+            })
+            .collect();
         let base = wire::model(Value::Object(base_raw))?.model;
         let stem = match options.name {
             Some(n) => n,
@@ -798,6 +872,9 @@ impl Platform for DataloopBackend {
             "status": status.as_str(),
             "metadata": metadata,
         });
+        for (k, v) in inherited {
+            body[k] = v;
+        }
         if let Some(ds) = options.dataset_id.or(base.dataset_id) {
             body["datasetId"] = json!(ds);
         }
@@ -856,6 +933,8 @@ impl Platform for DataloopBackend {
                 Err(e) => return Err(e),
             }
         }
+        // dtlpy: model.update(system_metadata=True) adds ?system=true.
+        let system = current.metadata.get("system") != model.metadata.get("system");
         raw.insert("name".into(), json!(model.name));
         raw.insert("status".into(), json!(model.status.as_str()));
         raw.insert(
@@ -870,7 +949,7 @@ impl Platform for DataloopBackend {
         raw.insert("labels".into(), json!(model.labels));
         raw.insert("description".into(), json!(model.description));
         raw.insert("tags".into(), json!(model.tags));
-        let w = self.patch_model(&model.id, raw).await?;
+        let w = self.patch_model_with(&model.id, raw, system).await?;
         self.finish_model(w).await
     }
 
@@ -1736,7 +1815,10 @@ impl Platform for DataloopBackend {
         if let Some(ds) = &query.dataset_id {
             let ds_seg = id_seg("dataset", ds)?;
             // No filter means every item of the dataset (hidden ones too), as in the embedded store.
-            let filter = query.filter.clone().unwrap_or_else(|| json!({}));
+            let filter = match &query.filter {
+                Some(f) => crate::dql::body_filter(f)?,
+                None => json!({}),
+            };
             let mut extra = Map::new();
             extra.insert(
                 "join".into(),

@@ -204,6 +204,37 @@ pub(crate) fn model_metadata_out(metadata: &Value, base_model_id: Option<&str>) 
     Value::Object(meta)
 }
 
+/// What turns `old` into `new`, as the nested patch dtlpy's `DictDiffer` sends: objects are
+/// compared key by key, a changed or added member carries its new value, a removed one
+/// `null`, and anything else (arrays, scalars, a change of type) is sent whole. `None` when
+/// nothing differs.
+pub(crate) fn diff(old: &Value, new: &Value) -> Option<Value> {
+    match (old, new) {
+        (Value::Object(o), Value::Object(n)) => {
+            let mut out = Map::new();
+            for (k, nv) in n {
+                match o.get(k) {
+                    Some(ov) => {
+                        if let Some(d) = diff(ov, nv) {
+                            out.insert(k.clone(), d);
+                        }
+                    }
+                    None => {
+                        out.insert(k.clone(), nv.clone());
+                    }
+                }
+            }
+            for (k, ov) in o {
+                if !n.contains_key(k) && !ov.is_null() {
+                    out.insert(k.clone(), Value::Null);
+                }
+            }
+            (!out.is_empty()).then_some(Value::Object(out))
+        }
+        _ => (old != new).then(|| new.clone()),
+    }
+}
+
 pub(crate) fn metric(v: Value) -> Result<MetricSample> {
     let mut m = object(v, "metric sample")?;
     denull(&mut m);
@@ -517,6 +548,36 @@ mod tests {
         assert_eq!(w.model.metadata, json!({"system": {}}));
         let out = model_metadata_out(&w.model.metadata, Some("b"));
         assert_eq!(out["cliptune"]["baseModelId"], "b");
+    }
+
+    #[test]
+    fn diffs_are_nested_and_minimal() {
+        let old = json!({"description": "a", "hidden": false, "metadata": {
+            "system": {"mimetype": "image/png", "size": 3, "tags": {"train": true}},
+            "user": {"k": 1, "list": [1, 2], "gone": "x"}}});
+        assert_eq!(diff(&old, &old), None);
+        let mut new = old.clone();
+        new["metadata"]["user"]["k"] = json!(2);
+        new["metadata"]["user"]["list"] = json!([1]);
+        new["metadata"]["user"]
+            .as_object_mut()
+            .unwrap()
+            .remove("gone");
+        new["metadata"]["user"]["added"] = json!({"x": 1});
+        assert_eq!(
+            diff(&old, &new),
+            Some(
+                json!({"metadata": {"user": {"k": 2, "list": [1], "gone": null, "added": {"x": 1}}}})
+            )
+        );
+        let mut tagged = old.clone();
+        tagged["metadata"]["system"]["tags"]["validation"] = json!(true);
+        tagged["hidden"] = json!(true);
+        assert_eq!(
+            diff(&old, &tagged),
+            Some(json!({"hidden": true, "metadata": {"system": {"tags": {"validation": true}}}}))
+        );
+        assert_eq!(diff(&json!(null), &json!({"a": 1})), Some(json!({"a": 1})));
     }
 
     #[test]

@@ -301,7 +301,8 @@ impl FakeGate {
                        "projectId": pid, "context": {"project": pid}, "datasetId": null,
                        "artifacts": [{"type": "item", "itemId": item_id}],
                        "metadata": {"system": {}}, "labels": [], "tags": [], "description": null,
-                       "packageId": "fa4e00000000000000000999",
+                       "packageId": "fa4e00000000000000000999", "moduleName": "clip-module",
+                       "outputType": "embedding", "inputType": "image",
                        "createdAt": now(), "updatedAt": now()}),
             );
             id
@@ -894,7 +895,7 @@ fn route(
             no_body(&body)?;
             get_model(st, id).map(ok)
         }
-        ("PATCH", ["ml", "models", id]) => patch_model(st, id, json_body(body)?),
+        ("PATCH", ["ml", "models", id]) => patch_model(st, id, query, json_body(body)?),
         ("POST", ["ml", "models", id, "clone"]) => clone_model(st, id, json_body(body)?),
         ("POST", ["ml", "metrics", "publish"]) => publish(st, json_body(body)?),
         ("POST", ["ml", "metrics", "query"]) => {
@@ -1151,26 +1152,35 @@ fn upload(st: &mut GateState, ds: &str, query: &str, body: ReqBody) -> R {
     Ok(ok(item))
 }
 
+/// dtlpy's `items.update` sends only what changed (its `DictDiffer` diff), members merged
+/// into the item; `metadata.system` changes need `?system=true` (without it dtlpy warns
+/// "system metadata will not be updated": refused here, so a backend that forgets it fails).
 fn patch_item(st: &mut GateState, id: &str, query: &str, v: Value) -> R {
-    if query != "system=true" {
-        return Err(bad("PATCH /items/{id} needs ?system=true"));
-    }
+    let system = match query {
+        "" => false,
+        "system=true" => true,
+        other => return Err(bad(format!("PATCH /items/{{id}}: unknown query {other:?}"))),
+    };
     let m = shape(
         &v,
         "patch item",
         &["description", "metadata", "hidden"],
         &[],
     )?;
+    if m.is_empty() {
+        return Err(bad("patch item: empty patch"));
+    }
     let item = st
         .items
         .get_mut(id)
         .ok_or_else(|| err(404, "item not found"))?;
+    let mut next = item.clone();
     if let Some(d) = m.get("description") {
         match d {
             Value::Null => {
-                item.as_object_mut().unwrap().remove("description");
+                next.as_object_mut().unwrap().remove("description");
             }
-            Value::String(_) => item["description"] = d.clone(),
+            Value::String(_) => next["description"] = d.clone(),
             _ => return Err(bad("patch item: description must be a string or null")),
         }
     }
@@ -1178,15 +1188,24 @@ fn patch_item(st: &mut GateState, id: &str, query: &str, v: Value) -> R {
         if !md.is_object() {
             return Err(bad("patch item: metadata must be an object"));
         }
-        item["metadata"] = md.clone();
+        if !next["metadata"].is_object() {
+            next["metadata"] = json!({});
+        }
+        merge(&mut next["metadata"], md);
+        if !system && next["metadata"].get("system") != item["metadata"].get("system") {
+            return Err(bad(
+                "patch item: changing metadata.system needs ?system=true",
+            ));
+        }
     }
     if let Some(h) = m.get("hidden") {
         if !h.is_boolean() {
             return Err(bad("patch item: hidden must be a boolean"));
         }
-        item["hidden"] = h.clone();
+        next["hidden"] = h.clone();
     }
-    item["updatedAt"] = json!(now());
+    next["updatedAt"] = json!(now());
+    *item = next;
     Ok(ok(item.clone()))
 }
 
@@ -1402,18 +1421,34 @@ fn create_model(st: &mut GateState, v: Value) -> R {
             "tags",
             "datasetId",
             "description",
+            "scope",
+            "version",
+            "artifacts",
+            "packageId",
+            "moduleName",
+            "app",
+            "outputType",
+            "inputType",
         ],
-        &["name", "projectId"],
+        // dtlpy's models.create always sends the types.
+        &["name", "projectId", "outputType", "inputType"],
     )?;
     check_project(st, &m, "projectId", what)?;
     let name = nonempty_str(&m, "name", what)?.to_string();
     check_model_fields(&m, what)?;
+    check_package_fields(&m, what)?;
+    if m.get("artifacts").is_some_and(|a| a != &json!([])) {
+        return Err(bad("create model: artifacts are added by a PATCH here"));
+    }
+    if m.contains_key("packageId") != m.contains_key("moduleName") {
+        return Err(bad("create model: packageId and moduleName go together"));
+    }
     if name_taken(st, &name, None) {
         return Err(err(409, format!("model {name:?} already exists")));
     }
     let id = st.id();
     let pid = st.project_id.clone();
-    let model = json!({
+    let mut model = json!({
         "id": id, "name": name, "status": m.get("status").cloned().unwrap_or(json!("created")),
         "configuration": m.get("configuration").cloned().unwrap_or(json!({})),
         "metadata": m.get("metadata").cloned().unwrap_or(json!({"system": {}})),
@@ -1424,12 +1459,57 @@ fn create_model(st: &mut GateState, v: Value) -> R {
         "artifacts": [], "projectId": pid, "context": {"project": pid},
         "createdAt": now(), "updatedAt": now(),
     });
+    for k in PACKAGE_FIELDS.iter().chain(&["scope", "version"]) {
+        if let Some(v) = m.get(*k) {
+            model[*k] = v.clone();
+        }
+    }
     st.models.insert(id, model.clone());
     Ok(ok(model))
 }
 
-fn patch_model(st: &mut GateState, id: &str, v: Value) -> R {
+/// What ties a model to its app, as dtlpy's `models.create` / `model.clone` send it.
+const PACKAGE_FIELDS: &[&str] = &["packageId", "moduleName", "app", "outputType", "inputType"];
+
+fn check_package_fields(m: &Map<String, Value>, what: &str) -> Result<(), Response> {
+    for k in [
+        "packageId",
+        "moduleName",
+        "outputType",
+        "inputType",
+        "scope",
+        "version",
+    ] {
+        if m.get(k)
+            .is_some_and(|v| v.as_str().is_none_or(str::is_empty))
+        {
+            return Err(bad(format!("{what}: {k} must be a non-empty string")));
+        }
+    }
+    if let Some(app) = m.get("app") {
+        let am = app
+            .as_object()
+            .ok_or_else(|| bad(format!("{what}: app must be an object")))?;
+        for k in ["id", "componentName"] {
+            if !am.get(k).is_some_and(Value::is_string) {
+                return Err(bad(format!("{what}: app.{k} must be a string")));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn patch_model(st: &mut GateState, id: &str, query: &str, v: Value) -> R {
     let what = "patch model";
+    let system = match query {
+        "" => false,
+        "system=true" => true,
+        other => {
+            return Err(bad(format!(
+                "PATCH /ml/models/{{id}}: unknown query {other:?}"
+            )))
+        }
+    };
     if !st.models.contains_key(id) {
         return Err(err(404, "model not found"));
     }
@@ -1452,6 +1532,12 @@ fn patch_model(st: &mut GateState, id: &str, v: Value) -> R {
             "packageId",
             "createdAt",
             "updatedAt",
+            "moduleName",
+            "app",
+            "outputType",
+            "inputType",
+            "scope",
+            "version",
         ],
         &[],
     )?;
@@ -1459,6 +1545,15 @@ fn patch_model(st: &mut GateState, id: &str, v: Value) -> R {
         return Err(bad("patch model: id differs from the path"));
     }
     check_model_fields(&m, what)?;
+    if !system {
+        if let Some(md) = m.get("metadata") {
+            if md.get("system") != st.models[id]["metadata"].get("system") {
+                return Err(bad(
+                    "patch model: changing metadata.system needs ?system=true",
+                ));
+            }
+        }
+    }
     if let Some(name) = m.get("name") {
         let name = name
             .as_str()
@@ -1520,12 +1615,27 @@ fn clone_model(st: &mut GateState, src: &str, v: Value) -> R {
             "status",
             "metadata",
             "description",
+            "packageId",
+            "outputType",
+            "inputType",
         ],
         &["name", "projectId"],
     )?;
     check_project(st, &m, "projectId", what)?;
     let name = nonempty_str(&m, "name", what)?.to_string();
     check_model_fields(&m, what)?;
+    check_package_fields(&m, what)?;
+    // dtlpy sends these from the source model; anything else is a backend bug.
+    for k in ["packageId", "outputType", "inputType"] {
+        let theirs = source.get(k).filter(|v| !v.is_null());
+        if m.get(k) != theirs {
+            return Err(bad(format!(
+                "clone model: {k} must be the source model's ({}), got {}",
+                theirs.map_or("absent".to_string(), Value::to_string),
+                m.get(k).map_or("absent".to_string(), Value::to_string),
+            )));
+        }
+    }
     if let Some(md) = m.get("metadata") {
         let subsets = md.get("system").and_then(|s| s.get("subsets"));
         if !subsets.is_some_and(|s| {
@@ -1550,7 +1660,10 @@ fn clone_model(st: &mut GateState, src: &str, v: Value) -> R {
         }
     }
     if let Some(md) = m.get("metadata") {
+        let subsets = md["system"]["subsets"].clone();
         merge(&mut model["metadata"], md);
+        // Each subset is one DQL body: taken as sent, never merged into the source's.
+        model["metadata"]["system"]["subsets"] = subsets;
     }
     // Like Dataloop, the clone references the source's artifacts and is `cloning` for a while.
     let target = m

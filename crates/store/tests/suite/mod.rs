@@ -17,6 +17,8 @@ use std::path::Path;
 pub async fn run_all(p: &dyn Platform, scratch: &Path) {
     datasets_and_items(p).await;
     dql_queries(p).await;
+    template_subsets(p).await;
+    item_updates(p).await;
     captions(p).await;
     models(p, scratch).await;
     pipelines_and_variables(p, scratch).await;
@@ -218,8 +220,9 @@ async fn query(p: &dyn Platform, ds: &Dataset, filter: Value) -> Vec<String> {
         )
         .await
         .unwrap_or_else(|e| panic!("query {filter}: {e}"));
-    // The in-memory evaluation must agree with the backend, both ways.
-    let parsed = dql::Filter::parse(&filter).unwrap();
+    // The in-memory evaluation must agree with the backend, both ways (a whole body is
+    // read as the stores read it).
+    let parsed = dql::Filter::parse_given(Some(&filter)).unwrap();
     let all = p.all_items(&ds.id, Some(json!({}))).await.unwrap();
     let expected: Vec<Item> = all.into_iter().filter(|i| parsed.matches(i)).collect();
     assert_eq!(
@@ -298,6 +301,30 @@ pub async fn dql_queries(p: &dyn Platform) {
     );
     // Types do not mix: the string "3" is not the number 3.
     assert!(q(json!({"metadata.user.score": "3"})).await.is_empty());
+    // Nested objects below metadata are paths (as Dataloop reads them), not whole-object
+    // equality: a.png's system metadata also holds a mimetype, and still matches.
+    assert_eq!(
+        q(json!({"metadata": {"system": {"tags": {"train": true}}}})).await,
+        ["/cats/a.png", "/dogs/c.jpg"]
+    );
+    assert_eq!(
+        q(json!({"metadata": {"user": {"label": "cat", "score": {"$gt": 3}}}})).await,
+        ["/cats/b.png"]
+    );
+    // null matches null or absent, as in MongoDB.
+    assert_eq!(
+        q(json!({"metadata.user.label": null})).await,
+        ["/hidden/e.png", "/notes/d.txt"]
+    );
+    assert_eq!(
+        q(json!({"metadata": {"user": {"label": {"$ne": null}}}, "hidden": false})).await,
+        ["/cats/a.png", "/cats/b.png", "/dogs/c.jpg"]
+    );
+    // A whole body is read as its filter, whatever paging it carries.
+    assert_eq!(
+        q(json!({"filter": {"metadata.user.label": "dog"}, "resource": "items", "page": 3, "pageSize": 1})).await,
+        ["/dogs/c.jpg"]
+    );
     let err = p
         .query_items(
             &ds.id,
@@ -320,6 +347,216 @@ pub async fn dql_queries(p: &dyn Platform) {
         .await
         .unwrap_err();
     assert_kind(err, "validation", "$where");
+}
+
+/// The template's default subsets (pipeline-templates `clip_train_and_embed/dataloop.json`
+/// v1.0.98, node *Create New Model*, inputs `train_subset` / `validation_subset`).
+pub fn template_subset(tag: &str) -> Value {
+    json!({"filter": {"$and": [
+        {"hidden": false},
+        {"$or": [{"metadata": {"system": {"tags": {tag: true}}}}]},
+        {"type": "file"}
+    ]}})
+}
+
+/// Every DQL form the template's defaults use selects the items tagged for that subset, with
+/// whatever else their tags and system metadata hold, and a model keeps its subsets as given.
+pub async fn template_subsets(p: &dyn Platform) {
+    let ds = p
+        .create_dataset(&format!("suite-subsets-{}", suffix()))
+        .await
+        .unwrap();
+    let tagged = |name: &str, tags: Value| {
+        image(
+            &format!("/{name}.png"),
+            name.as_bytes(),
+            Some(name),
+            json!({"system": {"tags": tags}, "user": {"n": name}}),
+        )
+    };
+    let items = [
+        // dtlpy's Item.assign_subset("train") writes all three tags.
+        tagged(
+            "t1",
+            json!({"train": true, "validation": null, "test": null}),
+        ),
+        // The Active Learning app's data split writes the one tag.
+        tagged("t2", json!({"train": true})),
+        tagged("v1", json!({"validation": true})),
+        tagged(
+            "v2",
+            json!({"train": null, "validation": true, "test": null}),
+        ),
+        tagged("x", json!({"test": true})),
+        tagged("f", json!({"train": false, "validation": false})),
+        tagged("s", json!({"train": "true"})),
+        image("/n.png", b"n", Some("n"), json!({"user": {"n": "n"}})),
+        NewItem {
+            hidden: true,
+            ..tagged("h", json!({"train": true, "validation": true}))
+        },
+    ];
+    for it in items {
+        p.upload_item(&ds.id, it).await.unwrap();
+    }
+    let q = |f: Value| query(p, &ds, f);
+    for (tag, want) in [
+        ("train", ["/t1.png", "/t2.png"]),
+        ("validation", ["/v1.png", "/v2.png"]),
+    ] {
+        let body = template_subset(tag);
+        let inner = body["filter"].clone();
+        let nested = json!({"metadata": {"system": {"tags": {tag: true}}}});
+        let mut prepared = body.clone(); // what dtlpy's Filters(custom_filter=...).prepare() sends
+        prepared["resource"] = json!("items");
+        prepared["page"] = json!(0);
+        prepared["pageSize"] = json!(1000);
+        for form in [
+            body.clone(),
+            prepared,
+            inner,
+            json!({"$and": [{"hidden": false}, nested.clone(), {"type": "file"}]}),
+            default_subset_filter(tag),
+        ] {
+            assert_eq!(q(form.clone()).await, want, "subset {tag}, form {form}");
+        }
+        // The bare nested form alone also takes the hidden item.
+        let mut with_hidden = want.to_vec();
+        with_hidden.insert(0, "/h.png");
+        assert_eq!(q(nested).await, with_hidden);
+    }
+    // Items with no subset at all, as dtlpy's get_items_missing_ml_subset asks (null or absent).
+    assert_eq!(
+        q(json!({"$and": [
+            {"metadata.system.tags.train": null},
+            {"metadata.system.tags.validation": null},
+            {"metadata.system.tags.test": null}
+        ]}))
+        .await,
+        ["/n.png"]
+    );
+
+    // The model keeps the bodies as given (no wrapping, no rewriting), and the train node's
+    // read of them (all_items with the stored subset) selects the tagged items.
+    let base = p
+        .create_model(NewModel {
+            name: format!("suite-subsets-base-{}", suffix()),
+            status: ModelStatus::PreTrained,
+            configuration: Default::default(),
+            dataset_id: None,
+            description: None,
+            metadata: json!({}),
+        })
+        .await
+        .unwrap();
+    let subsets = Subsets {
+        train: template_subset("train"),
+        validation: template_subset("validation"),
+    };
+    let clone = p
+        .clone_model(
+            &base.id,
+            CloneModel {
+                dataset_id: Some(ds.id.clone()),
+                subsets: Some(subsets.clone()),
+                ..CloneModel::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(clone.subsets(), Some(subsets.clone()));
+    let stored = p.get_model(&clone.id).await.unwrap().subsets().unwrap();
+    assert_eq!(stored, subsets);
+    let train = p.all_items(&ds.id, Some(stored.train)).await.unwrap();
+    assert_eq!(names(&train), ["/t1.png", "/t2.png"]);
+    let validation = p.all_items(&ds.id, Some(stored.validation)).await.unwrap();
+    assert_eq!(names(&validation), ["/v1.png", "/v2.png"]);
+
+    // A body wrapped twice is refused, not read as a field named "filter".
+    let err = p
+        .query_items(
+            &ds.id,
+            &ItemQuery {
+                filter: Some(json!({"filter": template_subset("train")})),
+                ..ItemQuery::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_kind(err, "validation", "filter");
+}
+
+/// `update_item` writes what the copy holds and keeps what it leaves out, on every backend:
+/// a copy read before the platform added system metadata cannot erase it.
+pub async fn item_updates(p: &dyn Platform) {
+    let ds = p
+        .create_dataset(&format!("suite-updates-{}", suffix()))
+        .await
+        .unwrap();
+    let stale = p
+        .upload_item(
+            &ds.id,
+            image(
+                "/u.png",
+                b"u",
+                Some("before"),
+                json!({"system": {"tags": {"train": true}}, "user": {"a": 1}}),
+            ),
+        )
+        .await
+        .unwrap();
+    // Someone else sets system fields in between.
+    let mut other = p.get_item(&stale.id).await.unwrap();
+    set_path(&mut other.metadata, &["system", "width"], json!(7));
+    set_path(
+        &mut other.metadata,
+        &["system", "tags", "validation"],
+        json!(true),
+    );
+    p.update_item(&other).await.unwrap();
+
+    let mut mine = stale.clone();
+    mine.description = Some("after".into());
+    mine.metadata = json!({"user": {"b": 2}});
+    let saved = p.update_item(&mine).await.unwrap();
+    assert_eq!(saved.description.as_deref(), Some("after"));
+    assert_eq!(saved.metadata["system"]["width"], json!(7));
+    assert_eq!(saved.metadata["system"]["tags"]["train"], json!(true));
+    assert_eq!(saved.metadata["system"]["tags"]["validation"], json!(true));
+    assert_eq!(saved.metadata["system"]["mimetype"], json!("image/png"));
+    assert_eq!(saved.metadata["user"], json!({"a": 1, "b": 2}));
+    assert_eq!(p.get_item(&stale.id).await.unwrap(), saved);
+
+    // Clearing a tag is setting it to null (dtlpy's remove_subset does the same); the item
+    // then leaves the subset.
+    let mut untag = saved.clone();
+    set_path(
+        &mut untag.metadata,
+        &["system", "tags", "train"],
+        Value::Null,
+    );
+    let untagged = p.update_item(&untag).await.unwrap();
+    assert!(!untagged.has_tag("train"));
+    assert_eq!(
+        query(p, &ds, template_subset("train")).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        query(p, &ds, template_subset("validation")).await,
+        ["/u.png"]
+    );
+    // Nothing changed: the item comes back as it is.
+    assert_eq!(
+        p.update_item(&untagged).await.unwrap().metadata,
+        untagged.metadata
+    );
+    let mut bad = untagged.clone();
+    bad.metadata = json!([1]);
+    assert_kind(
+        p.update_item(&bad).await.unwrap_err(),
+        "validation",
+        "metadata",
+    );
 }
 
 pub async fn captions(p: &dyn Platform) {
