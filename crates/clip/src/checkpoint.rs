@@ -8,6 +8,7 @@
 //! | Hugging Face | `config.json` + `model.safetensors` (or `pytorch_model.bin`) | `config.json` |
 //! | state dict | one `.safetensors`, `.pt` or `.bin` file (OpenAI / open_clip keys) | tensor shapes |
 //! | OpenAI JIT | a TorchScript archive (`ViT-B-32.pt`) | tensor shapes |
+//! | model state dict | `torch.save({"model_state_dict": ...})` (`best.pt` of Dataloop's CLIP adapter), or a directory holding one | tensor shapes |
 
 use crate::config::{Activation, ClipConfig, TextConfig, VisionConfig};
 use crate::model::Clip;
@@ -22,6 +23,11 @@ use tch::{Device, Tensor};
 pub const NATIVE_CONFIG: &str = "clip_config.json";
 pub const NATIVE_WEIGHTS: &str = "model.safetensors";
 
+/// The file Dataloop's CLIP adapter saves and loads (its `weights_filename` default).
+pub const ADAPTER_WEIGHTS: &str = "best.pt";
+/// The key under which that file holds the OpenAI-named state dict.
+pub const MODEL_STATE_DICT_KEY: &str = "model_state_dict";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Format {
@@ -29,6 +35,9 @@ pub enum Format {
     HuggingFace,
     StateDict,
     Jit,
+    /// A torch.save dict holding the state dict under `model_state_dict` (other keys,
+    /// such as `optimizer_state_dict` or `epoch`, are ignored).
+    ModelStateDict,
 }
 
 /// What `inspect` finds out about a checkpoint without building the model.
@@ -58,10 +67,15 @@ pub fn detect(path: &Path) -> Result<Format> {
         if path.join("config.json").is_file() {
             return Ok(Format::HuggingFace);
         }
+        if model_state_dict_in(path, None).is_ok() {
+            return Ok(Format::ModelStateDict);
+        }
         return Err(ClipError::format(
             path,
             format!(
-                "directory holds neither {NATIVE_CONFIG} (cliptune) nor config.json (Hugging Face)"
+                "directory holds neither {NATIVE_CONFIG} (cliptune), config.json (Hugging Face) \
+                 nor {ADAPTER_WEIGHTS} or another torch.save file with {MODEL_STATE_DICT_KEY:?} \
+                 (Dataloop's CLIP adapter)"
             ),
         ));
     }
@@ -72,6 +86,8 @@ pub fn detect(path: &Path) -> Result<Format> {
         // Both torch.save and torch.jit.save write zip archives; only TorchScript has code.
         return Ok(if zip_has_code(path)? {
             Format::Jit
+        } else if crate::torch_save::starts_with_key(path, MODEL_STATE_DICT_KEY) {
+            Format::ModelStateDict
         } else {
             Format::StateDict
         });
@@ -97,7 +113,7 @@ pub fn inspect(path: &Path, options: &LoadOptions) -> Result<Inspection> {
             let shapes = safetensors_header(path)?;
             infer_config(path, &strip_prefixes(shapes), options)?
         }
-        (Format::StateDict | Format::Jit, None) => {
+        (Format::StateDict | Format::Jit | Format::ModelStateDict, None) => {
             let shapes: Vec<(String, Vec<i64>)> = read_tensors(path, format)?
                 .into_iter()
                 .map(|(k, t)| (k, t.size()))
@@ -118,7 +134,7 @@ pub fn load(path: &Path, device: Device, options: &LoadOptions) -> Result<Clip> 
             read_config(&path.join("config.json"))?,
             from_hf(path, tensors)?,
         ),
-        Format::StateDict | Format::Jit => {
+        Format::StateDict | Format::Jit | Format::ModelStateDict => {
             let tensors: Vec<(String, Tensor)> = strip_prefixes(tensors).into_iter().collect();
             let shapes = tensors.iter().map(|(k, t)| (k.clone(), t.size())).collect();
             (infer_config(path, &shapes, options)?, tensors)
@@ -240,16 +256,126 @@ fn read_tensors(path: &Path, format: Format) -> Result<Vec<(String, Tensor)>> {
     };
     let file = match format {
         Format::Native | Format::HuggingFace => weights(path)?,
-        Format::StateDict | Format::Jit => path.to_path_buf(),
+        Format::ModelStateDict if path.is_dir() => model_state_dict_in(path, None)?,
+        Format::StateDict | Format::Jit | Format::ModelStateDict => path.to_path_buf(),
     };
     let context = |e: tch::TchError| ClipError::format(&file, e.to_string());
     match format {
         Format::Jit => tch::CModule::load_on_device(&file, Device::Cpu)
             .and_then(|m| m.named_parameters())
             .map_err(context),
-        _ if is_zip(&file) => Tensor::loadz_multi_with_device(&file, Device::Cpu).map_err(context),
+        Format::ModelStateDict => crate::torch_save::load(&file, Some(MODEL_STATE_DICT_KEY))
+            .map_err(|e| ClipError::format(&file, e)),
+        // torch.save zips: read in Rust, which also takes the OrderedDict that
+        // `model.state_dict()` is (libtorch's unpickler turns it into None); libtorch's
+        // reader stays as the fallback for what the Rust one does not model.
+        _ if is_zip(&file) => crate::torch_save::load(&file, None).or_else(|ours| {
+            Tensor::loadz_multi_with_device(&file, Device::Cpu).map_err(|theirs| {
+                let theirs = theirs.to_string();
+                let theirs = theirs.lines().next().unwrap_or_default();
+                ClipError::format(&file, format!("{ours} (libtorch: {theirs})"))
+            })
+        }),
         _ => Tensor::read_safetensors(&file).map_err(context),
     }
+}
+
+/// The torch.save file in `dir` that holds a `model_state_dict`, as Dataloop's CLIP
+/// adapter saves it: `dir/<weights_filename>` when a name is given (the adapter's
+/// `weights_filename` configuration), otherwise `best.pt` when present, otherwise the one
+/// file of the directory that is such an archive. The error names what was looked for.
+pub fn model_state_dict_in(dir: &Path, weights_filename: Option<&str>) -> Result<PathBuf> {
+    let is_archive =
+        |p: &Path| p.is_file() && crate::torch_save::starts_with_key(p, MODEL_STATE_DICT_KEY);
+    let not_one = |what: String| {
+        ClipError::format(
+            dir,
+            format!("{what}: expected a torch.save file with {MODEL_STATE_DICT_KEY:?}"),
+        )
+    };
+    if let Some(name) = weights_filename {
+        let file = dir.join(name);
+        if is_archive(&file) {
+            return Ok(file);
+        }
+        let why = if file.is_file() { "is not" } else { "no" };
+        return Err(not_one(format!("{why} {name}")));
+    }
+    let best = dir.join(ADAPTER_WEIGHTS);
+    if is_archive(&best) {
+        return Ok(best);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| ClipError::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| is_archive(p))
+        .collect();
+    found.sort();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(not_one(format!("no {ADAPTER_WEIGHTS} or other file"))),
+        _ => Err(ClipError::format(
+            dir,
+            format!(
+                "several files hold {MODEL_STATE_DICT_KEY:?} ({}): name one (weights_filename)",
+                found
+                    .iter()
+                    .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+/// Writes `clip` as Dataloop's CLIP adapter saves a model: a torch.save file holding
+/// `{"model_state_dict": state_dict}` with OpenAI key names and f32 tensors, which
+/// `torch.load` (also with `weights_only=True`) reads and OpenAI's `clip` /
+/// open_clip models take with `load_state_dict`. Written to a temporary name, fsynced
+/// and renamed, like [`save`]. Conventionally `<dir>/best.pt` ([`ADAPTER_WEIGHTS`]).
+pub fn save_model_state_dict(clip: &Clip, path: &Path) -> Result<()> {
+    let mut named: Vec<(String, Tensor)> = clip
+        .var_store()
+        .variables()
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k,
+                v.detach().to_kind(tch::Kind::Float).to_device(Device::Cpu),
+            )
+        })
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    // torch.save names the archive's folder after the file; keep to safe characters.
+    let folder: String = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let folder = if folder.is_empty() {
+        "archive".into()
+    } else {
+        folder
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| ClipError::io(dir, e))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let file = std::fs::File::create(&tmp).map_err(|e| ClipError::io(&tmp, e))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    crate::torch_save::save(Some(MODEL_STATE_DICT_KEY), &named, &folder, &mut out)
+        .map_err(|e| ClipError::format(&tmp, e))?;
+    drop(out);
+    fsync(&tmp)?;
+    std::fs::rename(&tmp, path).map_err(|e| ClipError::io(path, e))
 }
 
 /// Drops wrappers that training frameworks add: `module.` (DDP) and `_orig_mod.` (torch.compile).
@@ -514,4 +640,124 @@ fn copy_into(
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small random model whose every tensor differs from its initial value, so a
+    /// loader that skipped any one would be caught.
+    fn tiny(seed: u64) -> Clip {
+        let json = serde_json::json!({
+            "embed_dim": 16,
+            "quick_gelu": true,
+            "vision_cfg": {"layers": 2, "width": 64, "patch_size": 8, "image_size": 16},
+            "text_cfg": {"context_length": 8, "vocab_size": 50, "width": 64, "heads": 1, "layers": 2}
+        });
+        let config = ClipConfig::from_json(&json).unwrap();
+        let clip = Clip::new(&config, Device::Cpu, Some(seed)).unwrap();
+        tch::no_grad(|| {
+            for (_, mut v) in clip.var_store().variables() {
+                let noise = Tensor::randn_like(&v) * 0.05;
+                let _ = v.f_add_(&noise).unwrap();
+            }
+        });
+        clip
+    }
+
+    fn assert_same_weights(a: &Clip, b: &Clip) {
+        let (va, vb) = (a.var_store().variables(), b.var_store().variables());
+        assert_eq!(va.len(), vb.len());
+        for (name, t) in &va {
+            assert!(t.equal(&vb[name]), "{name} differs");
+        }
+    }
+
+    #[test]
+    fn model_state_dict_round_trip_is_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let clip = tiny(1);
+        let path = dir.path().join(ADAPTER_WEIGHTS);
+        save_model_state_dict(&clip, &path).unwrap();
+        assert!(!dir.path().join("best.tmp").exists());
+        assert_eq!(detect(&path).unwrap(), Format::ModelStateDict);
+        let back = load(&path, Device::Cpu, &LoadOptions::default()).unwrap();
+        assert_eq!(back.config(), clip.config());
+        assert_same_weights(&clip, &back);
+        // Another model differs: the comparison above can fail.
+        let other = tiny(2);
+        let differ = clip
+            .var_store()
+            .variables()
+            .iter()
+            .any(|(n, t)| !t.equal(&other.var_store().variables()[n]));
+        assert!(differ);
+    }
+
+    #[test]
+    fn a_directory_holding_only_best_pt_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let clip = tiny(3);
+        save_model_state_dict(&clip, &dir.path().join(ADAPTER_WEIGHTS)).unwrap();
+        assert_eq!(detect(dir.path()).unwrap(), Format::ModelStateDict);
+        let inspected = inspect(dir.path(), &LoadOptions::default()).unwrap();
+        assert_eq!(inspected.format, Format::ModelStateDict);
+        assert_eq!(&inspected.config, clip.config());
+        let back = load(dir.path(), Device::Cpu, &LoadOptions::default()).unwrap();
+        assert_same_weights(&clip, &back);
+    }
+
+    #[test]
+    fn a_configured_weights_filename_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let clip = tiny(4);
+        save_model_state_dict(&clip, &dir.path().join("clip_weights.pth")).unwrap();
+        // The only such file in the directory: found without being named...
+        assert_eq!(detect(dir.path()).unwrap(), Format::ModelStateDict);
+        assert_same_weights(
+            &clip,
+            &load(dir.path(), Device::Cpu, &LoadOptions::default()).unwrap(),
+        );
+        // ...and by name, as the adapter's weights_filename gives it.
+        let file = model_state_dict_in(dir.path(), Some("clip_weights.pth")).unwrap();
+        assert_eq!(file, dir.path().join("clip_weights.pth"));
+        let err = model_state_dict_in(dir.path(), Some("best.pt"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no best.pt"), "{err}");
+        // Two candidates and no best.pt: ambiguous, and the error says how to choose.
+        save_model_state_dict(&tiny(5), &dir.path().join("other.pt")).unwrap();
+        let err = detect(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("neither"), "{err}");
+        let err = model_state_dict_in(dir.path(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("clip_weights.pth, other.pt"), "{err}");
+        assert!(err.contains("weights_filename"), "{err}");
+        // best.pt wins over the others, as in the adapter.
+        save_model_state_dict(&clip, &dir.path().join(ADAPTER_WEIGHTS)).unwrap();
+        assert_eq!(
+            model_state_dict_in(dir.path(), None).unwrap(),
+            dir.path().join(ADAPTER_WEIGHTS)
+        );
+    }
+
+    #[test]
+    fn a_plain_state_dict_archive_is_not_taken_for_an_adapter_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let clip = tiny(6);
+        let named: Vec<(String, Tensor)> = clip.var_store().variables().into_iter().collect();
+        let path = dir.path().join("state.pt");
+        let mut bytes = Vec::new();
+        crate::torch_save::save(None, &named, "state", &mut bytes).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        assert_eq!(detect(&path).unwrap(), Format::StateDict);
+        assert_same_weights(
+            &clip,
+            &load(&path, Device::Cpu, &LoadOptions::default()).unwrap(),
+        );
+        let err = detect(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(ADAPTER_WEIGHTS), "{err}");
+    }
 }

@@ -6,6 +6,8 @@ pub mod config;
 mod device;
 mod error;
 pub mod model;
+mod torch_save;
+pub mod weights;
 
 pub use checkpoint::{Format, Inspection, LoadOptions};
 pub use config::{Activation, ClipConfig, TextConfig, VisionConfig, PRESETS};
@@ -13,3 +15,4 @@ pub use device::{cpu_has_native_bf16, device_name, parse_device};
 pub use error::{ClipError, Result};
 pub use model::{normalize, Clip, LOGIT_SCALE_INIT, LOGIT_SCALE_MAX};
 pub use tch;
+pub use weights::resolve_base_model;
