@@ -31,7 +31,10 @@ pub trait Platform: Send + Sync {
     /// Uploads (or, for an existing `filename` in the dataset, overwrites) one item.
     async fn upload_item(&self, dataset_id: &str, item: NewItem) -> Result<Item>;
     async fn get_item(&self, id: &str) -> Result<Item>;
-    /// Writes `description`, `metadata` and `hidden` of `item` back (Dataloop's PATCH).
+    /// Writes `description` and `hidden` of `item` back and merges its `metadata` into the
+    /// stored one: members it holds are written (a `null` stored as `null`), members it
+    /// leaves out are kept, so a stale copy cannot erase what others added. On Dataloop only
+    /// the difference is sent, `?system=true` only when `metadata.system` changes.
     async fn update_item(&self, item: &Item) -> Result<Item>;
     /// One page of the items of `dataset_id` matching the DQL filter, in a stable order.
     async fn query_items(&self, dataset_id: &str, query: &ItemQuery) -> Result<ItemPage>;
