@@ -44,6 +44,13 @@ pub(crate) struct Decoded {
     pub mode: Mode,
     pub width: usize,
     pub height: usize,
+    /// The size the file declares. The resize geometry (output size, crop) is computed from
+    /// it, so that a JPEG decoded at reduced scale lands on the same grid as the exact path.
+    pub full_width: usize,
+    pub full_height: usize,
+    /// 1, or the JPEG DCT scaling denominator it was decoded at: each sample then spans
+    /// `denom` of the file's pixels, so the samples span `full_width / denom` pixel widths.
+    pub denom: usize,
     pub samples: Samples,
 }
 
@@ -116,8 +123,14 @@ fn bmp_is_indexed(bytes: &[u8]) -> Option<bool> {
 }
 
 /// Decodes `bytes` (JPEG, PNG, WebP, GIF, BMP), refusing images over `max_pixels` before
-/// allocating their pixels.
-pub(crate) fn decode(bytes: &[u8], name: &str, max_pixels: u64) -> Result<Decoded> {
+/// allocating their pixels. With `jpeg_min_short`, a JPEG may be decoded at reduced scale as
+/// long as its short side stays at least that large (see [`crate::jpeg::scale_denom`]).
+pub(crate) fn decode(
+    bytes: &[u8],
+    name: &str,
+    max_pixels: u64,
+    jpeg_min_short: Option<usize>,
+) -> Result<Decoded> {
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| corrupt(name, e))?;
@@ -136,7 +149,7 @@ pub(crate) fn decode(bytes: &[u8], name: &str, max_pixels: u64) -> Result<Decode
         }
     };
     if format == ImageFormat::Jpeg {
-        return crate::jpeg::decode_jpeg(bytes, name, max_pixels);
+        return crate::jpeg::decode_jpeg(bytes, name, max_pixels, jpeg_min_short);
     }
     let mut decoder = reader.into_decoder().map_err(|e| corrupt(name, e))?;
     let (width, height) = decoder.dimensions();
@@ -193,6 +206,9 @@ pub(crate) fn decode(bytes: &[u8], name: &str, max_pixels: u64) -> Result<Decode
         mode,
         width: w,
         height: h,
+        full_width: w,
+        full_height: h,
+        denom: 1,
         samples,
     })
 }

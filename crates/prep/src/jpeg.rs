@@ -43,14 +43,36 @@ fn has_end_marker(b: &[u8]) -> bool {
     false
 }
 
-pub(crate) fn decode_jpeg(bytes: &[u8], name: &str, max_pixels: u64) -> Result<Decoded> {
+/// The DCT scaling denominator (1, 2, 4 or 8) for decoding a `width x height` JPEG whose
+/// short side only needs to reach `min_short`: the largest with `short >= denom * min_short`.
+///
+/// libjpeg-turbo then decodes `ceil(width / denom) x ceil(height / denom)` pixels with a
+/// smaller IDCT, skipping most of the IDCT, upsampling and colour conversion work. The result
+/// is no longer PIL's (PIL decodes at full size and lets the bicubic filter average), so this
+/// is only used when asked for ([`crate::Preprocessor::with_fast_decode`]). Requiring the full
+/// factor (not `ceil(short / denom) >= min_short`) keeps every image under twice the target
+/// size on the exact path.
+pub fn scale_denom(width: usize, height: usize, min_short: usize) -> usize {
+    let short = width.min(height);
+    [8, 4, 2]
+        .into_iter()
+        .find(|&d| min_short > 0 && short >= d * min_short)
+        .unwrap_or(1)
+}
+
+pub(crate) fn decode_jpeg(
+    bytes: &[u8],
+    name: &str,
+    max_pixels: u64,
+    min_short: Option<usize>,
+) -> Result<Decoded> {
     if !has_end_marker(bytes) {
         return Err(corrupt(name, "truncated JPEG (no end-of-image marker)"));
     }
     // libjpeg reports fatal errors by unwinding out of the C code (mozjpeg's error manager).
     let run = std::panic::catch_unwind(|| -> Result<Decoded> {
         let io = |e: std::io::Error| corrupt(name, e);
-        let d = Decompress::new_mem(bytes).map_err(io)?;
+        let mut d = Decompress::new_mem(bytes).map_err(io)?;
         let (w, h) = d.size();
         check_size(
             name,
@@ -64,20 +86,29 @@ pub(crate) fn decode_jpeg(bytes: &[u8], name: &str, max_pixels: u64) -> Result<D
             4 => (Mode::Cmyk, ColorSpace::JCS_CMYK),
             n => return Err(corrupt(name, format!("JPEG with {n} components"))),
         };
+        let denom = min_short.map_or(1, |s| scale_denom(w, h, s));
+        if denom > 1 {
+            // mozjpeg's scale takes the numerator over 8.
+            d.scale((8 / denom) as u8);
+        }
         let mut started = d.to_colorspace(space).map_err(io)?;
+        let (out_w, out_h) = (started.width(), started.height());
         let mut data: Vec<u8> = started.read_scanlines().map_err(io)?;
         started.finish().map_err(io)?;
         if mode == Mode::Cmyk {
             // Pillow reads CMYK JPEGs as "CMYK;I" (Adobe's inverted convention).
             data.iter_mut().for_each(|v| *v = 255 - *v);
         }
-        if data.len() != w * h * mode.channels() {
+        if data.len() != out_w * out_h * mode.channels() {
             return Err(corrupt(name, "decoder returned a short buffer"));
         }
         Ok(Decoded {
             mode,
-            width: w,
-            height: h,
+            width: out_w,
+            height: out_h,
+            full_width: w,
+            full_height: h,
+            denom,
             samples: Samples::U8(data),
         })
     });
@@ -112,5 +143,41 @@ mod tests {
         ];
         assert!(!has_end_marker(&app));
         assert!(!has_end_marker(b"not a jpeg"));
+    }
+
+    #[test]
+    fn scale_denominator_needs_the_full_factor() {
+        // 640x480 for a 224 model: 480 >= 2 * 224, not 4 * 224.
+        assert_eq!(scale_denom(640, 480, 224), 2);
+        // One pixel under twice the size: exact, although ceil(447 / 2) would reach 224.
+        assert_eq!(scale_denom(447, 600, 224), 1);
+        assert_eq!(scale_denom(448, 448, 224), 2);
+        assert_eq!(scale_denom(896, 1000, 224), 4);
+        assert_eq!(scale_denom(4000, 3000, 224), 8);
+        // The 28 px Fashion-MNIST model on 224 px renderings: 1/8.
+        assert_eq!(scale_denom(224, 224, 28), 8);
+        assert_eq!(scale_denom(223, 224, 28), 4);
+        assert_eq!(scale_denom(100, 100, 0), 1);
+    }
+
+    #[test]
+    fn reduced_scale_decodes_fewer_pixels_and_keeps_the_declared_size() {
+        let (w, h) = (97u32, 65u32);
+        let px: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 251) as u8).collect();
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+            .encode(&px, w, h, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        let full = decode_jpeg(&jpeg, "t", u64::MAX, None).unwrap();
+        assert_eq!((full.width, full.height), (97, 65));
+        // 65 >= 4 * 16: libjpeg's ceil(97 / 4) x ceil(65 / 4).
+        let quarter = decode_jpeg(&jpeg, "t", u64::MAX, Some(16)).unwrap();
+        assert_eq!((quarter.width, quarter.height), (25, 17));
+        assert_eq!((quarter.full_width, quarter.full_height), (97, 65));
+        assert_eq!((full.denom, quarter.denom), (1, 4));
+        let Samples::U8(v) = quarter.samples else {
+            panic!("8-bit samples expected")
+        };
+        assert_eq!(v.len(), 25 * 17 * 3);
     }
 }

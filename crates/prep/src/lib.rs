@@ -21,5 +21,6 @@ mod tables;
 pub mod tokenizer;
 
 pub use error::{PrepError, Result};
+pub use jpeg::scale_denom as jpeg_scale_denom;
 pub use preprocess::{Preprocessor, DEFAULT_MAX_PIXELS, MEAN, STD};
 pub use tokenizer::{Tokenizer, CONTEXT_LENGTH, EOT, SOT, VOCAB_SIZE};

@@ -9,7 +9,7 @@
 
 use crate::decode::{decode, Decoded, Mode, Samples};
 use crate::error::{PrepError, Result};
-use crate::resample::{bicubic_u16, bicubic_u8, nearest_u8, Window};
+use crate::resample::{bicubic_u16, bicubic_u8, bicubic_u8_over, nearest_u8, Window};
 use rayon::prelude::*;
 use std::path::Path;
 
@@ -29,6 +29,10 @@ pub struct Preprocessor {
     pub image_size: u32,
     /// Images with more pixels than this are refused before decoding (decompression bombs).
     pub max_pixels: u64,
+    /// Decode JPEGs at least twice the output size at reduced scale (1/2, 1/4 or 1/8, the
+    /// largest that keeps the short side >= S) before the same resize and crop. Off by
+    /// default: the pixels then differ from PIL's (docs/preprocessing.md has by how much).
+    pub fast_decode: bool,
 }
 
 /// Output size and centre-crop offsets for an image of `w x h` (torchvision's rules).
@@ -90,7 +94,15 @@ impl Preprocessor {
         Preprocessor {
             image_size,
             max_pixels: DEFAULT_MAX_PIXELS,
+            fast_decode: false,
         }
+    }
+
+    /// Turns JPEG decoding at reduced scale on or off (see [`Preprocessor::fast_decode`]).
+    /// Other formats, and JPEGs under twice the output size, are unaffected.
+    pub fn with_fast_decode(mut self, fast_decode: bool) -> Preprocessor {
+        self.fast_decode = fast_decode;
+        self
     }
 
     pub fn with_max_pixels(mut self, max_pixels: u64) -> Preprocessor {
@@ -115,7 +127,7 @@ impl Preprocessor {
     /// centre-cropped and converted to RGB exactly as PIL does.
     pub fn rgb_from_bytes(&self, bytes: &[u8], name: &str) -> Result<Vec<u8>> {
         let s = self.check()?;
-        let img = decode(bytes, name, self.max_pixels)?;
+        let img = decode(bytes, name, self.max_pixels, self.fast_decode.then_some(s))?;
         Ok(resize_crop_rgb(img, s))
     }
 
@@ -207,11 +219,21 @@ fn resize_crop_rgb(img: Decoded, s: usize) -> Vec<u8> {
         mode,
         width: w,
         height: h,
+        full_width,
+        full_height,
+        denom,
         samples,
     } = img;
-    let (new_w, new_h, win) = geometry(w, h, s);
+    // From the declared size: a reduced-scale decode is resized onto the exact path's grid,
+    // its samples spanning the declared size / denom (fractional where denom does not
+    // divide it: libjpeg's last sample is then partly padding).
+    let (new_w, new_h, win) = geometry(full_width, full_height, s);
+    let extent = (
+        full_width as f64 / denom as f64,
+        full_height as f64 / denom as f64,
+    );
     // torchvision skips Resize when the size already matches; PIL would copy anyway.
-    let resize = (new_w, new_h) != (w, h);
+    let resize = (new_w, new_h) != (w, h) || extent != (w as f64, h as f64);
     let ch = mode.channels();
     let cropped: Vec<u8> = match samples {
         Samples::U16(v) => {
@@ -236,7 +258,7 @@ fn resize_crop_rgb(img: Decoded, s: usize) -> Vec<u8> {
                         out
                     }
                     Mode::L | Mode::Rgb | Mode::Cmyk | Mode::I16 => {
-                        bicubic_u8(&v, w, h, ch, new_w, new_h, win)
+                        bicubic_u8_over(&v, (w, h), extent, ch, new_w, new_h, win)
                     }
                 }
             }

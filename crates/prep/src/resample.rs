@@ -28,9 +28,16 @@ pub(crate) struct Coeffs {
 }
 
 pub(crate) fn coeffs(in_size: usize, out_size: usize) -> Coeffs {
+    coeffs_over(in_size, in_size as f64, out_size)
+}
+
+/// As [`coeffs`] for `in_size` samples that span `extent` sample widths (Pillow's resize
+/// with a box `(0, extent)`): a JPEG decoded at 1/d covers `size / d` of them, which is
+/// fractional when d does not divide the size; taps stay clamped to the `in_size` samples.
+pub(crate) fn coeffs_over(in_size: usize, extent: f64, out_size: usize) -> Coeffs {
     // Pillow computes `(double)(in1 - in0) / outSize` with float box coordinates; sizes
     // below 2^24 are exact in float, so this is the same number.
-    let scale = in_size as f64 / out_size as f64;
+    let scale = extent / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = 2.0 * filterscale;
     let ksize = support.ceil() as usize * 2 + 1;
@@ -107,8 +114,8 @@ struct Fixed {
 }
 
 impl Fixed {
-    fn new(in_size: usize, out_size: usize) -> Fixed {
-        let c = coeffs(in_size, out_size);
+    fn new(in_size: usize, extent: f64, out_size: usize) -> Fixed {
+        let c = coeffs_over(in_size, extent, out_size);
         let k = fixed(&c.k);
         Fixed { c, k }
     }
@@ -207,8 +214,31 @@ pub(crate) fn bicubic_u8(
     out_h: usize,
     win: Window,
 ) -> Vec<u8> {
-    let hf = (out_w != in_w).then(|| Fixed::new(in_w, out_w));
-    let vf = (out_h != in_h).then(|| Fixed::new(in_h, out_h));
+    bicubic_u8_over(
+        src,
+        (in_w, in_h),
+        (in_w as f64, in_h as f64),
+        ch,
+        out_w,
+        out_h,
+        win,
+    )
+}
+
+/// As [`bicubic_u8`] for samples spanning `extent` (width, height) sample widths (see
+/// [`coeffs_over`]). A pass is skipped only when its size and extent are both unchanged.
+pub(crate) fn bicubic_u8_over(
+    src: &[u8],
+    (in_w, in_h): (usize, usize),
+    (ext_w, ext_h): (f64, f64),
+    ch: usize,
+    out_w: usize,
+    out_h: usize,
+    win: Window,
+) -> Vec<u8> {
+    let changes = |n_in: usize, ext: f64, n_out: usize| n_out != n_in || ext != n_in as f64;
+    let hf = changes(in_w, ext_w, out_w).then(|| Fixed::new(in_w, ext_w, out_w));
+    let vf = changes(in_h, ext_h, out_h).then(|| Fixed::new(in_h, ext_h, out_h));
     let wcols = (win.x0, win.x0 + win.w);
     let wrows = (win.y0, win.y0 + win.h);
     // Source columns / rows the window's kernels read.
