@@ -1,11 +1,19 @@
 //! Single-thread decode+resize+normalise rate, exact vs fast (reduced-scale JPEG) decoding
 //! (used by scripts/bench-fast-decode.sh). Files are read into memory first, so the figure
-//! is the CPU work per image, not the disk.
+//! is the CPU work per image, not the disk. Two rates: per wall-clock second, and per second
+//! the thread actually ran (Linux's /proc/thread-self/schedstat), which a machine loaded by
+//! other processes disturbs much less.
 //!
 //! cargo run --release -p cliptune-prep --example bench_fast_decode -- DIR SIZE exact|fast
 
 use cliptune_prep::Preprocessor;
 use std::time::Instant;
+
+/// Nanoseconds this thread has spent on a CPU (None off Linux).
+fn cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -40,13 +48,18 @@ fn main() {
         checksum
     };
     run();
-    let t = Instant::now();
+    let (t, cpu0) = (Instant::now(), cpu_ns());
     let checksum = run();
     let secs = t.elapsed().as_secs_f64();
+    let cpu = cpu_ns()
+        .zip(cpu0)
+        .map_or(f64::NAN, |(b, a)| (b - a) as f64 * 1e-9);
+    let n = files.len() as f64;
     println!(
-        "{{\"mode\": \"{}\", \"images\": {}, \"size\": {size}, \"seconds\": {secs:.3}, \"images_per_s\": {:.1}, \"checksum\": {checksum:.4}}}",
+        "{{\"mode\": \"{}\", \"images\": {}, \"size\": {size}, \"seconds\": {secs:.3}, \"images_per_s\": {:.1}, \"cpu_seconds\": {cpu:.3}, \"images_per_cpu_s\": {:.1}, \"checksum\": {checksum:.4}}}",
         if fast { "fast" } else { "exact" },
         files.len(),
-        files.len() as f64 / secs
+        n / secs,
+        n / cpu
     );
 }
