@@ -1,7 +1,7 @@
-//! The Dataloop backend against the fake gate (tests/fake_gate): auth, retries, errors,
+//! The Dataloop backend against the fake gate (crates/gate): auth, retries, errors,
 //! paging, and each endpoint's request shape. Nothing leaves 127.0.0.1.
 
-mod fake_gate;
+use cliptune_gate as fake_gate;
 
 use cliptune_store::*;
 use fake_gate::FakeGate;

@@ -1,7 +1,7 @@
 //! The shared behavioural suite (tests/suite) on the Dataloop backend, each part against a
-//! fresh fake gate (tests/fake_gate) that enforces the documented request shapes.
+//! fresh fake gate (crates/gate) that enforces the documented request shapes.
 
-mod fake_gate;
+use cliptune_gate as fake_gate;
 mod suite;
 
 use cliptune_store::{DataloopBackend, Platform};
