@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The real Dataloop SDK (dtlpy, from PyPI) against the fake gate: builds the cliptune-gate
+# binary, makes or reuses the dtlpy venv (scripts/dtlpy-venv.sh), runs tests/dataloop.
+# Extra arguments go to pytest. CARGO_TARGET_DIR is honoured.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --quiet -p cliptune-gate --bin cliptune-gate
+target=${CARGO_TARGET_DIR:-target}
+export CLIPTUNE_GATE_BIN
+CLIPTUNE_GATE_BIN=$(cd "$target/debug" && pwd)/cliptune-gate
+python=$(scripts/dtlpy-venv.sh)
+exec "$python" -m pytest -p no:cacheprovider tests/dataloop "$@"
