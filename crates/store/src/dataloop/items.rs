@@ -1,0 +1,187 @@
+//! Items and annotations on Dataloop.
+
+use super::*;
+
+impl DataloopBackend {
+    /// `PATCH /items/{id}` with the difference between `current` (as the gate has it) and
+    /// `wanted`, whose metadata is merged into the current one as `update_item` promises.
+    /// Nothing to change: no request.
+    async fn patch_item(&self, current: &Item, wanted: &Item) -> Result<Item> {
+        let mut metadata = current.metadata.clone();
+        crate::local::merge_metadata(&mut metadata, &wanted.metadata);
+        let fields = |description: &Option<String>, metadata: &Value, hidden: bool| {
+            json!({
+                "description": description,
+                "metadata": metadata,
+                "hidden": hidden,
+            })
+        };
+        let Some(patch) = wire::diff(
+            &fields(&current.description, &current.metadata, current.hidden),
+            &fields(&wanted.description, &metadata, wanted.hidden),
+        ) else {
+            return Ok(current.clone());
+        };
+        let system = patch
+            .get("metadata")
+            .is_some_and(|m| m.get("system").is_some());
+        let path = format!(
+            "/items/{}{}",
+            id_seg("item", &current.id)?,
+            if system { "?system=true" } else { "" }
+        );
+        wire::item(
+            self.gate
+                .json(Req::patch(path, patch, Target::new("item", &current.id)))
+                .await?,
+        )
+    }
+
+    /// Multipart upload with `mode=overwrite` (an existing filename is replaced in place);
+    /// a hidden item is then PATCHed hidden, as the upload form has no such field.
+    pub(super) async fn upload_item(&self, dataset_id: &str, item: NewItem) -> Result<Item> {
+        let ds = id_seg("dataset", dataset_id)?;
+        // Same rules as the embedded store, so both backends accept the same names.
+        let (filename, _, name) = crate::normalize_filename(&item.filename)?;
+        let mime = item
+            .mimetype
+            .clone()
+            .unwrap_or_else(|| crate::guess_mimetype(&filename).to_string());
+        let mut fields = vec![
+            ("type".to_string(), "file".to_string()),
+            ("path".to_string(), filename.clone()),
+        ];
+        if item.metadata.is_object() {
+            fields.push(("metadata".into(), item.metadata.to_string()));
+        } else if !item.metadata.is_null() {
+            return Err(StoreError::invalid(
+                format!("metadata of item {filename}"),
+                "must be a JSON object",
+            ));
+        }
+        if let Some(d) = &item.description {
+            fields.push(("description".into(), d.clone()));
+        }
+        let mut req = Req::new(
+            reqwest::Method::POST,
+            format!("/datasets/{ds}/items?mode=overwrite"),
+            Target::new("dataset", dataset_id),
+        );
+        req.body = Body::Multipart {
+            fields,
+            file_name: name,
+            mime,
+            content: Content::Bytes(item.bytes),
+        };
+        req.transfer = true;
+        // Overwrite mode makes a resend harmless.
+        req.idempotent = true;
+        let out = wire::item(self.gate.json(req).await?)?;
+        if item.hidden && !out.hidden {
+            let hidden = Item {
+                hidden: true,
+                ..out.clone()
+            };
+            return self.patch_item(&out, &hidden).await;
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn get_item(&self, id: &str) -> Result<Item> {
+        let path = format!("/items/{}", id_seg("item", id)?);
+        wire::item(
+            self.gate
+                .json(Req::get(path, Target::new("item", id)))
+                .await?,
+        )
+    }
+
+    /// Reads the item, then PATCHes only what differs (dtlpy's `items.update` sends its
+    /// `DictDiffer` diff), adding `?system=true` only when that touches `metadata.system`.
+    pub(super) async fn update_item(&self, item: &Item) -> Result<Item> {
+        crate::local::check_update_metadata(item)?;
+        let current = self.get_item(&item.id).await?;
+        self.patch_item(&current, item).await
+    }
+
+    pub(super) async fn query_items(
+        &self,
+        dataset_id: &str,
+        query: &ItemQuery,
+    ) -> Result<ItemPage> {
+        let ds = id_seg("dataset", dataset_id)?;
+        if query.page_size == 0 || query.page_size > PAGE_SIZE {
+            return Err(StoreError::invalid(
+                "page size",
+                format!("{} is outside 1..={PAGE_SIZE}", query.page_size),
+            ));
+        }
+        // A whole body (a model's stored subsets) contributes its filter, never itself.
+        let filter = match &query.filter {
+            Some(f) => crate::dql::body_filter(f)?,
+            None => crate::dql::default_filter(),
+        };
+        let mut extra = Map::new();
+        // A stable order, so paging neither skips nor repeats items.
+        extra.insert("sort".into(), json!({"filename": "ascending"}));
+        let p = self
+            .query_page(
+                &format!("/datasets/{ds}/query"),
+                "items",
+                &filter,
+                query.page,
+                query.page_size,
+                &extra,
+                &Target::new("dataset", dataset_id),
+            )
+            .await?;
+        Ok(ItemPage {
+            items: p.items.into_iter().map(wire::item).collect::<Result<_>>()?,
+            total_items_count: p.total,
+            has_next_page: p.has_next,
+            page: query.page,
+        })
+    }
+
+    pub(super) async fn item_bytes(&self, id: &str) -> Result<Vec<u8>> {
+        let mut req = Req::get(
+            format!("/items/{}/stream", id_seg("item", id)?),
+            Target::new("item", id),
+        );
+        req.transfer = true;
+        self.gate.bytes(req).await
+    }
+
+    pub(super) async fn annotations(&self, item_id: &str) -> Result<Vec<Annotation>> {
+        let path = format!("/items/{}/annotations", id_seg("item", item_id)?);
+        let v = self
+            .gate
+            .json(Req::get(path, Target::new("item", item_id)))
+            .await?;
+        wire::list(v, "annotations")?
+            .into_iter()
+            .map(|a| wire::annotation(a, item_id))
+            .collect()
+    }
+
+    pub(super) async fn add_annotation(
+        &self,
+        item_id: &str,
+        annotation: NewAnnotation,
+    ) -> Result<Annotation> {
+        let path = format!("/items/{}/annotations", id_seg("item", item_id)?);
+        let mut a = json!({
+            "type": annotation.annotation_type,
+            "label": annotation.label,
+            "coordinates": annotation.coordinates,
+        });
+        if !annotation.metadata.is_null() {
+            a["metadata"] = annotation.metadata;
+        }
+        let v = self
+            .gate
+            .json(Req::post(path, json!([a]), Target::new("item", item_id)))
+            .await?;
+        wire::annotation(wire::first(v, "annotation")?, item_id)
+    }
+}
