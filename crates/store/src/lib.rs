@@ -6,6 +6,7 @@
 //! - [`dql`]: Dataloop's filter language, evaluated in memory or compiled to SQL.
 //! - [`LocalStore`]: the embedded backend (SQLite + content-addressed blobs in one folder).
 //! - [`import`]: dataset import from captioned folders and Dataloop exports.
+//! - [`rules`]: the validation both backends apply (names, limits, shapes).
 //!
 //! Backends implement [`Platform`]; callers hold an `Arc<dyn Platform>`.
 
@@ -18,12 +19,14 @@ pub mod error;
 pub mod import;
 mod local;
 pub mod platform;
+pub mod rules;
 mod util;
 pub mod vectors;
 
 pub use dataloop::{DataloopAuth, DataloopBackend, DataloopConfig};
 pub use entities::*;
 pub use error::{Result, StoreError};
-pub use local::{guess_mimetype, normalize_filename, LocalStore};
+pub use local::LocalStore;
 pub use platform::{is_id, item_id_from_url, Platform, PromptContent};
-pub use util::{name_timestamp, new_id, now_rfc3339};
+pub use rules::normalize_filename;
+pub use util::{guess_mimetype, name_timestamp, new_id, now_rfc3339};

@@ -1,5 +1,6 @@
-//! Ids and timestamps.
+//! Ids, timestamps, and the item helpers both backends use (mimetypes, the metadata merge).
 
+use serde_json::Value;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A new 24-hex-digit id: 4 bytes of Unix seconds then 8 random bytes, like a MongoDB
@@ -65,6 +66,51 @@ pub fn name_timestamp(secs: i64) -> String {
 
 pub fn now_secs() -> i64 {
     now_parts().0
+}
+
+/// The mimetype Dataloop would record for a file name.
+pub fn guess_mimetype(name: &str) -> &'static str {
+    let ext = name
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "webp" => "image/webp",
+        "gif" => "image/gif",
+        "bmp" => "image/bmp",
+        "tif" | "tiff" => "image/tiff",
+        "txt" => "text/plain",
+        "json" => "application/json",
+        _ => "application/octet-stream",
+    }
+}
+
+/// How `update_item` applies an item's metadata, on both backends: members of `over` are
+/// written (objects member by member, `null` stored as `null`), members it leaves out are
+/// kept. A copy read before someone else (or the platform) added a key cannot remove it.
+pub(crate) fn merge_metadata(base: &mut Value, over: &Value) {
+    merge_objects(base, over)
+}
+
+fn merge_objects(base: &mut Value, over: &Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(k) {
+                    Some(existing) if existing.is_object() && v.is_object() => {
+                        merge_objects(existing, v)
+                    }
+                    _ => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (b, o) if !o.is_null() => *b = o.clone(),
+        _ => {}
+    }
 }
 
 #[cfg(test)]

@@ -44,11 +44,9 @@ impl DataloopBackend {
     }
 
     pub(super) async fn create_dataset(&self, name: &str) -> Result<Dataset> {
-        check_name("dataset", name)?;
+        rules::check_name("dataset", name)?;
         if !self.datasets_named(Some(name), false).await?.is_empty() {
-            return Err(StoreError::Conflict(format!(
-                "dataset {name:?} already exists"
-            )));
+            return Err(rules::name_exists("dataset", name));
         }
         let v = self
             .gate

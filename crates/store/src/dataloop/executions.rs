@@ -51,9 +51,7 @@ impl DataloopBackend {
     }
 
     pub(super) async fn create_execution(&self, execution: NewExecution) -> Result<Execution> {
-        if execution.function_name.trim().is_empty() {
-            return Err(StoreError::invalid("execution", "function name is empty"));
-        }
+        rules::check_new_execution(&execution)?;
         let service = self.service_for(&execution).await?;
         let input = if execution.input.is_null() {
             json!({})
@@ -143,29 +141,9 @@ impl DataloopBackend {
         id: &str,
         progress: ExecutionProgress,
     ) -> Result<Execution> {
-        if let Some(p) = progress.percent_complete {
-            if p > 100 {
-                return Err(StoreError::invalid(
-                    "execution progress",
-                    format!("percent {p} is over 100"),
-                ));
-            }
-        }
-        if let Some(s) = progress.status {
-            if s.is_terminal() {
-                return Err(StoreError::invalid(
-                    "execution progress",
-                    format!("{} is terminal: finish the execution instead", s.as_str()),
-                ));
-            }
-        }
+        rules::check_progress(&progress)?;
         let current = self.get_execution(id).await?;
-        if current.status.is_terminal() {
-            return Err(StoreError::Conflict(format!(
-                "execution {id} already finished ({})",
-                current.status.as_str()
-            )));
-        }
+        rules::check_not_finished(id, current.status)?;
         let mut body = Map::new();
         // Without a status the SDK reports "inProgress" (a progress report means it runs).
         let status = progress
@@ -192,19 +170,9 @@ impl DataloopBackend {
         output: Option<Value>,
         error: Option<String>,
     ) -> Result<Execution> {
-        if !status.is_terminal() {
-            return Err(StoreError::invalid(
-                "execution status",
-                format!("{} is not terminal", status.as_str()),
-            ));
-        }
+        rules::check_final_status(status)?;
         let current = self.get_execution(id).await?;
-        if current.status.is_terminal() {
-            return Err(StoreError::Conflict(format!(
-                "execution {id} already finished ({})",
-                current.status.as_str()
-            )));
-        }
+        rules::check_not_finished(id, current.status)?;
         let mut body = Map::new();
         body.insert("status".into(), json!(status.as_str()));
         if status == ExecutionStatus::Success {

@@ -54,10 +54,7 @@ impl DataloopBackend {
         name: &str,
         size: u32,
     ) -> Result<FeatureSet> {
-        check_name("feature set", name)?;
-        if size == 0 {
-            return Err(StoreError::invalid("feature set size", "must be positive"));
-        }
+        rules::check_feature_set(name, size)?;
         self.model_raw(model_id).await?;
         let existing = self
             .query_all(
@@ -132,31 +129,13 @@ impl DataloopBackend {
         feature_set_id: &str,
         vectors: &[NewVector],
     ) -> Result<UpsertSummary> {
+        rules::check_new_vectors(vectors)?;
         let fs = self.get_feature_set(feature_set_id).await?;
         // Last one wins for an entity listed twice.
         let mut order: Vec<&str> = Vec::new();
         let mut latest: HashMap<&str, &NewVector> = HashMap::new();
         for v in vectors {
-            if v.value.len() != fs.size as usize {
-                return Err(StoreError::invalid(
-                    format!("vector of {}", v.entity_id),
-                    format!(
-                        "has {} values, feature set {} has size {}",
-                        v.value.len(),
-                        fs.id,
-                        fs.size
-                    ),
-                ));
-            }
-            if v.value.iter().any(|x| !x.is_finite()) {
-                return Err(StoreError::invalid(
-                    format!("vector of {}", v.entity_id),
-                    "has a NaN or infinite value",
-                ));
-            }
-            if v.entity_id.is_empty() {
-                return Err(StoreError::invalid("vector", "entity id is empty"));
-            }
+            rules::check_vector_size(&v.entity_id, v.value.len(), &fs)?;
             if latest.insert(v.entity_id.as_str(), v).is_none() {
                 order.push(v.entity_id.as_str());
             }
@@ -291,42 +270,15 @@ impl DataloopBackend {
         feature_set_id: &str,
         query: &NearestQuery,
     ) -> Result<Vec<Neighbor>> {
-        if query.k == 0 || query.k > 10_000 {
-            return Err(StoreError::invalid(
-                "k",
-                format!("{} is not in 1..=10000", query.k),
-            ));
-        }
+        rules::check_nearest_query(query)?;
         let fs = self.get_feature_set(feature_set_id).await?;
-        if query.vector.len() != fs.size as usize {
-            return Err(StoreError::invalid(
-                "query vector",
-                format!(
-                    "has {} values, feature set {} has size {}",
-                    query.vector.len(),
-                    fs.id,
-                    fs.size
-                ),
-            ));
-        }
+        rules::check_query_vector(&query.vector, &fs)?;
         let norm = query
             .vector
             .iter()
             .map(|x| f64::from(*x).powi(2))
             .sum::<f64>()
             .sqrt();
-        if !norm.is_finite() || norm == 0.0 {
-            return Err(StoreError::invalid(
-                "query vector",
-                "must be finite and not all zeros",
-            ));
-        }
-        if query.filter.is_some() && query.dataset_id.is_none() {
-            return Err(StoreError::invalid(
-                "nearest query",
-                "a filter needs a dataset id",
-            ));
-        }
         let unit: Vec<f32> = query
             .vector
             .iter()

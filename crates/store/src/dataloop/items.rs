@@ -8,7 +8,7 @@ impl DataloopBackend {
     /// Nothing to change: no request.
     async fn patch_item(&self, current: &Item, wanted: &Item) -> Result<Item> {
         let mut metadata = current.metadata.clone();
-        crate::local::merge_metadata(&mut metadata, &wanted.metadata);
+        crate::util::merge_metadata(&mut metadata, &wanted.metadata);
         let fields = |description: &Option<String>, metadata: &Value, hidden: bool| {
             json!({
                 "description": description,
@@ -42,22 +42,18 @@ impl DataloopBackend {
     pub(super) async fn upload_item(&self, dataset_id: &str, item: NewItem) -> Result<Item> {
         let ds = id_seg("dataset", dataset_id)?;
         // Same rules as the embedded store, so both backends accept the same names.
-        let (filename, _, name) = crate::normalize_filename(&item.filename)?;
+        let (filename, _, name) = rules::normalize_filename(&item.filename)?;
         let mime = item
             .mimetype
             .clone()
-            .unwrap_or_else(|| crate::guess_mimetype(&filename).to_string());
+            .unwrap_or_else(|| crate::util::guess_mimetype(&filename).to_string());
         let mut fields = vec![
             ("type".to_string(), "file".to_string()),
             ("path".to_string(), filename.clone()),
         ];
+        rules::check_metadata(format_args!("item {filename}"), &item.metadata)?;
         if item.metadata.is_object() {
             fields.push(("metadata".into(), item.metadata.to_string()));
-        } else if !item.metadata.is_null() {
-            return Err(StoreError::invalid(
-                format!("metadata of item {filename}"),
-                "must be a JSON object",
-            ));
         }
         if let Some(d) = &item.description {
             fields.push(("description".into(), d.clone()));
@@ -99,7 +95,7 @@ impl DataloopBackend {
     /// Reads the item, then PATCHes only what differs (dtlpy's `items.update` sends its
     /// `DictDiffer` diff), adding `?system=true` only when that touches `metadata.system`.
     pub(super) async fn update_item(&self, item: &Item) -> Result<Item> {
-        crate::local::check_update_metadata(item)?;
+        rules::check_update_metadata(item)?;
         let current = self.get_item(&item.id).await?;
         self.patch_item(&current, item).await
     }
@@ -110,12 +106,7 @@ impl DataloopBackend {
         query: &ItemQuery,
     ) -> Result<ItemPage> {
         let ds = id_seg("dataset", dataset_id)?;
-        if query.page_size == 0 || query.page_size > PAGE_SIZE {
-            return Err(StoreError::invalid(
-                "page size",
-                format!("{} is outside 1..={PAGE_SIZE}", query.page_size),
-            ));
-        }
+        rules::check_page_size(query.page_size)?;
         // A whole body (a model's stored subsets) contributes its filter, never itself.
         let filter = match &query.filter {
             Some(f) => crate::dql::body_filter(f)?,

@@ -7,6 +7,12 @@
 //! What Dataloop cannot do in one request (promoting a model variable, replacing artifacts,
 //! upserting vectors) is done in the order that never leaves a reader pointing at something
 //! missing; see the method docs.
+//!
+//! One file per entity (datasets, items, models, pipelines, executions, features), each an
+//! `impl DataloopBackend` block with that entity's requests; this file keeps the client, DQL
+//! paging and the `Platform` impl, which only delegates (one impl of a trait per type; the
+//! embedded store is laid out the same way). Validation shared with the embedded store lives
+//! in [`crate::rules`].
 
 mod config;
 mod datasets;
@@ -24,6 +30,7 @@ pub use config::{DataloopAuth, DataloopConfig, ModelApp, DEFAULT_GATE_URL};
 use crate::entities::*;
 use crate::error::{Result, StoreError};
 use crate::platform::{is_id, Platform};
+use crate::rules;
 use async_trait::async_trait;
 use http::{Body, Content, Gate, Req, Target};
 use serde_json::{json, Map, Value};
@@ -33,7 +40,7 @@ use std::time::Instant;
 use wire::{seg, ArtifactRef};
 
 /// Dataloop's largest page.
-const PAGE_SIZE: u32 = 1000;
+const PAGE_SIZE: u32 = rules::MAX_PAGE_SIZE;
 /// Guard against a gate that never stops saying `hasNextPage`.
 const MAX_PAGES: u32 = 100_000;
 
@@ -172,13 +179,6 @@ impl DataloopBackend {
         m.insert("context".into(), self.context());
         m
     }
-}
-
-fn check_name(kind: &str, name: &str) -> Result<()> {
-    if name.trim().is_empty() {
-        return Err(StoreError::invalid(format!("{kind} name"), "is empty"));
-    }
-    Ok(())
 }
 
 #[async_trait]

@@ -108,32 +108,22 @@ impl DataloopBackend {
 
     /// `stem`, or `stem_v1`, `stem_v2`, ... whichever is free.
     async fn free_model_name(&self, stem: &str) -> Result<String> {
-        for i in 0..=100u32 {
-            let name = if i == 0 {
-                stem.to_string()
-            } else {
-                format!("{stem}_v{i}")
-            };
+        let mut i = 0;
+        while let Some(name) = rules::versioned_name(stem, i) {
             match self.model_by_name(&name).await {
                 Err(StoreError::NotFound { .. }) => return Ok(name),
                 Err(e) => return Err(e),
                 Ok(_) => {}
             }
+            i += 1;
         }
-        Err(StoreError::Conflict(format!(
-            "model names {stem:?} to {stem}_v100 are all taken"
-        )))
+        Err(rules::names_exhausted(stem))
     }
 
     pub(super) async fn create_model(&self, model: NewModel) -> Result<Model> {
-        check_name("model", &model.name)?;
+        rules::check_name("model", &model.name)?;
         match self.model_by_name(&model.name).await {
-            Ok(_) => {
-                return Err(StoreError::Conflict(format!(
-                    "model {:?} already exists",
-                    model.name
-                )))
-            }
+            Ok(_) => return Err(rules::name_exists("model", &model.name)),
             Err(StoreError::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
@@ -223,7 +213,7 @@ impl DataloopBackend {
                 crate::util::name_timestamp(crate::util::now_secs())
             ),
         };
-        check_name("model", &stem)?;
+        rules::check_name("model", &stem)?;
         let name = self.free_model_name(&stem).await?;
         let mut configuration = base.configuration.clone();
         for (k, v) in options.configuration.unwrap_or_default() {
@@ -285,16 +275,13 @@ impl DataloopBackend {
     /// GETs the model and PATCHes it back whole (as the SDK does), so fields cliptune does
     /// not know (package, app, ...) are preserved.
     pub(super) async fn update_model(&self, model: &Model) -> Result<Model> {
-        check_name("model", &model.name)?;
+        rules::check_name("model", &model.name)?;
         let mut raw = self.model_raw(&model.id).await?;
         let current = wire::model(Value::Object(raw.clone()))?.model;
         if current.name != model.name {
             match self.model_by_name(&model.name).await {
                 Ok(other) if other.id != model.id => {
-                    return Err(StoreError::Conflict(format!(
-                        "model {:?} already exists",
-                        model.name
-                    )))
+                    return Err(rules::name_exists("model", &model.name))
                 }
                 Ok(_) | Err(StoreError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
@@ -495,14 +482,9 @@ impl DataloopBackend {
         if samples.is_empty() {
             return Ok(0);
         }
+        rules::check_metric_samples(samples)?;
         let mut models = HashSet::new();
         for s in samples {
-            if !(s.data.x.is_finite() && s.data.y.is_finite()) {
-                return Err(StoreError::invalid(
-                    format!("metric sample {}/{}", s.figure, s.legend),
-                    format!("x = {}, y = {} must be finite", s.data.x, s.data.y),
-                ));
-            }
             if models.insert(s.model_id.as_str()) {
                 // Names the model when it does not exist instead of a vague publish failure.
                 self.model_raw(&s.model_id).await?;

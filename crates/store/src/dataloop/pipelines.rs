@@ -60,14 +60,9 @@ impl DataloopBackend {
     }
 
     pub(super) async fn create_pipeline(&self, pipeline: NewPipeline) -> Result<Pipeline> {
-        check_name("pipeline", &pipeline.name)?;
+        rules::check_new_pipeline(&pipeline)?;
         match self.pipeline_by_name(&pipeline.name).await {
-            Ok(_) => {
-                return Err(StoreError::Conflict(format!(
-                    "pipeline {:?} already exists",
-                    pipeline.name
-                )))
-            }
+            Ok(_) => return Err(rules::name_exists("pipeline", &pipeline.name)),
             Err(StoreError::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
@@ -174,26 +169,9 @@ impl DataloopBackend {
         let var = pipeline
             .variable(variable)
             .ok_or_else(|| StoreError::not_found("variable", variable))?;
-        if var.var_type != "Model" {
-            return Err(StoreError::invalid(
-                format!("variable {variable:?}"),
-                format!("has type {}, not Model", var.var_type),
-            ));
-        }
+        rules::check_model_variable(var)?;
         let w = wire::model(Value::Object(self.model_raw(model_id).await?))?;
-        if !w.model.status.is_usable() {
-            return Err(StoreError::Conflict(format!(
-                "model {model_id} ({}) is {}, not trained: {variable:?} keeps its value",
-                w.model.name,
-                w.model.status.as_str()
-            )));
-        }
-        if w.artifacts.is_empty() {
-            return Err(StoreError::Conflict(format!(
-                "model {model_id} ({}) has no stored artifacts: {variable:?} keeps its value",
-                w.model.name
-            )));
-        }
+        rules::check_promotable(variable, &w.model, !w.artifacts.is_empty())?;
         let (_, missing) = self.artifact_files(&w.model.name, &w.artifacts).await?;
         if let Some(m) = missing.first() {
             return Err(StoreError::Conflict(format!(

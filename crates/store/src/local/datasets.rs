@@ -28,14 +28,12 @@ pub(crate) fn dataset_by(conn: &Connection, col: &str, key: &str) -> Result<Data
 
 impl LocalStore {
     pub(super) async fn create_dataset(&self, name: &str) -> Result<Dataset> {
+        rules::check_name("dataset", name)?;
         let name = name.trim().to_string();
-        if name.is_empty() {
-            return Err(StoreError::invalid("dataset name", "must not be empty"));
-        }
         self.db
             .write(move |t| {
                 if name_taken(t, "datasets", &name)? {
-                    return Err(StoreError::Conflict(format!("a dataset named {name:?} exists")));
+                    return Err(rules::name_exists("dataset", &name));
                 }
                 let id = new_id();
                 let now = now_rfc3339();

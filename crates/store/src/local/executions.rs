@@ -57,9 +57,7 @@ fn save_execution(conn: &Connection, e: &Execution) -> Result<()> {
 
 impl LocalStore {
     pub(super) async fn create_execution(&self, e: NewExecution) -> Result<Execution> {
-        if e.function_name.trim().is_empty() {
-            return Err(StoreError::invalid("functionName", "must not be empty"));
-        }
+        rules::check_new_execution(&e)?;
         self.db
             .write(move |t| {
                 let id = new_id();
@@ -137,28 +135,12 @@ impl LocalStore {
         id: &str,
         p: ExecutionProgress,
     ) -> Result<Execution> {
-        if p.status.is_some_and(ExecutionStatus::is_terminal) {
-            return Err(StoreError::invalid(
-                "execution progress",
-                "terminal statuses are set with finish_execution",
-            ));
-        }
-        if p.percent_complete.is_some_and(|x| x > 100) {
-            return Err(StoreError::invalid(
-                "percentComplete",
-                format!("{} is over 100", p.percent_complete.unwrap_or(0)),
-            ));
-        }
+        rules::check_progress(&p)?;
         let id = id.to_string();
         self.db
             .write(move |t| {
                 let mut e = execution_by_id(t, &id)?;
-                if e.status.is_terminal() {
-                    return Err(StoreError::Conflict(format!(
-                        "execution {id} already finished ({})",
-                        e.status.as_str()
-                    )));
-                }
+                rules::check_not_finished(&id, e.status)?;
                 let now = now_rfc3339();
                 let status = p.status.unwrap_or(if e.status == ExecutionStatus::Created {
                     ExecutionStatus::InProgress
@@ -197,22 +179,12 @@ impl LocalStore {
         output: Option<Value>,
         error: Option<String>,
     ) -> Result<Execution> {
-        if !status.is_terminal() {
-            return Err(StoreError::invalid(
-                "execution status",
-                format!("{} is not a final status", status.as_str()),
-            ));
-        }
+        rules::check_final_status(status)?;
         let id = id.to_string();
         self.db
             .write(move |t| {
                 let mut e = execution_by_id(t, &id)?;
-                if e.status.is_terminal() {
-                    return Err(StoreError::Conflict(format!(
-                        "execution {id} already finished ({})",
-                        e.status.as_str()
-                    )));
-                }
+                rules::check_not_finished(&id, e.status)?;
                 let now = now_rfc3339();
                 let entry = StatusEntry {
                     status,

@@ -34,9 +34,7 @@ impl LocalStore {
         name: &str,
         size: u32,
     ) -> Result<FeatureSet> {
-        if size == 0 {
-            return Err(StoreError::invalid("feature set size", "must be positive"));
-        }
+        rules::check_feature_set(name, size)?;
         let (model_id, name) = (model_id.to_string(), name.to_string());
         self.db
             .write(move |t| {
@@ -91,14 +89,7 @@ impl LocalStore {
         feature_set_id: &str,
         vectors: &[NewVector],
     ) -> Result<UpsertSummary> {
-        for v in vectors {
-            if v.value.iter().any(|x| !x.is_finite()) {
-                return Err(StoreError::invalid(
-                    format!("vector of {}", v.entity_id),
-                    "holds NaN or infinite values",
-                ));
-            }
-        }
+        rules::check_new_vectors(vectors)?;
         let rows: Vec<(String, String, Vec<u8>, usize)> = vectors
             .iter()
             .map(|v| {
@@ -114,11 +105,8 @@ impl LocalStore {
         self.db
             .write(move |t| {
                 let fs = feature_set_by_id(t, &fs_id)?;
-                if let Some((e, _, _, n)) = rows.iter().find(|r| r.3 != fs.size as usize) {
-                    return Err(StoreError::invalid(
-                        format!("vector of {e}"),
-                        format!("has {n} values, feature set {fs_id} has size {}", fs.size),
-                    ));
+                for (e, _, _, n) in &rows {
+                    rules::check_vector_size(e, *n, &fs)?;
                 }
                 let mut seq: i64 =
                     t.query_row("SELECT IFNULL(MAX(seq), 0) FROM vectors", [], |r| r.get(0))?;
@@ -227,22 +215,9 @@ impl LocalStore {
         feature_set_id: &str,
         q: &NearestQuery,
     ) -> Result<Vec<Neighbor>> {
-        if q.k == 0 || q.k > 10_000 {
-            return Err(StoreError::invalid(
-                "k",
-                format!("{} is not in 1..=10000", q.k),
-            ));
-        }
+        rules::check_nearest_query(q)?;
         let filter = match &q.filter {
-            Some(f) => {
-                if q.dataset_id.is_none() {
-                    return Err(StoreError::invalid(
-                        "nearest query",
-                        "a filter needs a datasetId",
-                    ));
-                }
-                Some(Filter::parse_given(Some(f))?)
-            }
+            Some(f) => Some(Filter::parse_given(Some(f))?),
             None => None,
         };
         let (fs_id, q) = (feature_set_id.to_string(), q.clone());
@@ -250,16 +225,7 @@ impl LocalStore {
         self.db
             .read(move |c| {
                 let fs = feature_set_by_id(c, &fs_id)?;
-                if q.vector.len() != fs.size as usize {
-                    return Err(StoreError::invalid(
-                        "query vector",
-                        format!(
-                            "has {} values, feature set {fs_id} has size {}",
-                            q.vector.len(),
-                            fs.size
-                        ),
-                    ));
-                }
+                rules::check_query_vector(&q.vector, &fs)?;
                 let allowed: Option<HashSet<String>> = match (&filter, &q.dataset_id) {
                     (Some(f), Some(ds)) => {
                         let (where_sql, mut params) = f.to_sql();

@@ -37,41 +37,6 @@ pub(crate) fn get_item_tx(conn: &Connection, id: &str) -> Result<Item> {
     .ok_or_else(|| StoreError::not_found("item", id))
 }
 
-/// `cats\1.jpg`, `/cats/1.jpg`, `cats/1.jpg` -> (`/cats/1.jpg`, `/cats`, `1.jpg`).
-/// Rejects empty names and `.`/`..` segments.
-pub fn normalize_filename(filename: &str) -> Result<(String, String, String)> {
-    let unified = filename.replace('\\', "/");
-    let segs: Vec<&str> = unified.split('/').filter(|s| !s.is_empty()).collect();
-    if segs.is_empty() || segs.iter().any(|s| *s == "." || *s == "..") {
-        return Err(StoreError::invalid(
-            format!("item filename {filename:?}"),
-            "must be a relative path without . or .. segments",
-        ));
-    }
-    let full = format!("/{}", segs.join("/"));
-    let dir = format!("/{}", segs[..segs.len() - 1].join("/"));
-    Ok((full, dir, segs[segs.len() - 1].to_string()))
-}
-
-/// The mimetype Dataloop would record for a file name.
-pub fn guess_mimetype(name: &str) -> &'static str {
-    let ext = name
-        .rsplit_once('.')
-        .map(|(_, e)| e.to_ascii_lowercase())
-        .unwrap_or_default();
-    match ext.as_str() {
-        "jpg" | "jpeg" => "image/jpeg",
-        "png" => "image/png",
-        "webp" => "image/webp",
-        "gif" => "image/gif",
-        "bmp" => "image/bmp",
-        "tif" | "tiff" => "image/tiff",
-        "txt" => "text/plain",
-        "json" => "application/json",
-        _ => "application/octet-stream",
-    }
-}
-
 /// An item ready to store: content already in the blob store.
 #[derive(Debug, Clone)]
 pub(crate) struct StagedItem {
@@ -92,44 +57,6 @@ pub(crate) enum Change {
     Unchanged,
 }
 
-/// How `update_item` applies an item's metadata, on both backends: members of `over` are
-/// written (objects member by member, `null` stored as `null`), members it leaves out are
-/// kept. A copy read before someone else (or the platform) added a key cannot remove it.
-pub(crate) fn merge_metadata(base: &mut Value, over: &Value) {
-    merge_objects(base, over)
-}
-
-/// `update_item` merges metadata, so only an object (or none) makes sense.
-pub(crate) fn check_update_metadata(item: &Item) -> Result<()> {
-    if item.metadata.is_object() || item.metadata.is_null() {
-        Ok(())
-    } else {
-        Err(StoreError::invalid(
-            format!("metadata of item {}", item.id),
-            "must be a JSON object",
-        ))
-    }
-}
-
-fn merge_objects(base: &mut Value, over: &Value) {
-    match (base, over) {
-        (Value::Object(b), Value::Object(o)) => {
-            for (k, v) in o {
-                match b.get_mut(k) {
-                    Some(existing) if existing.is_object() && v.is_object() => {
-                        merge_objects(existing, v)
-                    }
-                    _ => {
-                        b.insert(k.clone(), v.clone());
-                    }
-                }
-            }
-        }
-        (b, o) if !o.is_null() => *b = o.clone(),
-        _ => {}
-    }
-}
-
 /// Inserts or updates the item with this filename in the dataset. Updating keeps the id
 /// and `createdAt`; identical content and fields leave the row untouched.
 pub(crate) fn upsert_item_tx(
@@ -139,7 +66,7 @@ pub(crate) fn upsert_item_tx(
 ) -> Result<(Item, Change)> {
     let (filename, dir, name) = normalize_filename(&staged.filename)?;
     let mut metadata = Value::Object(Map::new());
-    merge_objects(&mut metadata, &staged.metadata);
+    merge_metadata(&mut metadata, &staged.metadata);
     set_path(
         &mut metadata,
         &["system", "mimetype"],
@@ -283,7 +210,8 @@ pub(crate) fn set_free_text_tx(conn: &Connection, item: &Item, texts: &[String])
 
 impl LocalStore {
     pub(super) async fn upload_item(&self, dataset_id: &str, item: NewItem) -> Result<Item> {
-        normalize_filename(&item.filename)?;
+        let (filename, _, _) = normalize_filename(&item.filename)?;
+        rules::check_metadata(format_args!("item {filename}"), &item.metadata)?;
         let blob = self.blobs.put_bytes(&item.bytes, true)?;
         self.blobs.sync_dirs([&blob.sha256])?;
         let staged = StagedItem {
@@ -314,7 +242,7 @@ impl LocalStore {
 
     pub(super) async fn update_item(&self, item: &Item) -> Result<Item> {
         let mut item = item.clone();
-        check_update_metadata(&item)?;
+        rules::check_update_metadata(&item)?;
         self.db
             .write(move |t| {
                 let stored: Option<String> = t
@@ -353,12 +281,7 @@ impl LocalStore {
         dataset_id: &str,
         query: &ItemQuery,
     ) -> Result<ItemPage> {
-        if query.page_size == 0 || query.page_size > 10_000 {
-            return Err(StoreError::invalid(
-                "pageSize",
-                format!("{} is not in 1..=10000", query.page_size),
-            ));
-        }
+        rules::check_page_size(query.page_size)?;
         // A bare filter or a whole body (a model's subsets are stored as Dataloop bodies).
         let filter = Filter::parse_given(query.filter.as_ref())?;
         let (where_sql, mut params) = filter.to_sql();

@@ -1,5 +1,12 @@
 //! The embedded backend: one home directory holding `store.db` (SQLite, WAL) and `blobs/`
 //! (content-addressed item bytes and model artifacts). See docs/store.md for the layout.
+//!
+//! One file per entity (datasets, items, models, pipelines, executions, features), each an
+//! `impl LocalStore` block with that entity's [`Platform`] methods and its row mapping. The
+//! `Platform` impl below only delegates, one line per method: Rust allows one impl of a
+//! trait per type, and per-entity helper traits would add a name per entity for no caller's
+//! benefit, while inherent methods keep each body exactly where its SQL lives. Validation
+//! shared with the Dataloop backend lives in [`crate::rules`].
 
 use crate::blobs::{BlobRef, Blobs};
 use crate::db::Db;
@@ -7,7 +14,8 @@ use crate::dql::Filter;
 use crate::entities::*;
 use crate::error::{Result, StoreError};
 use crate::platform::Platform;
-use crate::util::{name_timestamp, new_id, now_rfc3339, now_secs};
+use crate::rules;
+use crate::util::{merge_metadata, name_timestamp, new_id, now_rfc3339, now_secs};
 use crate::vectors::{from_blob, to_blob, VectorCache};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -24,11 +32,10 @@ mod models;
 mod pipelines;
 
 // What import.rs builds on, and the Dataloop backend's share of the item rules.
+pub(crate) use crate::rules::normalize_filename;
+pub(crate) use crate::util::guess_mimetype;
 pub(crate) use datasets::dataset_by;
-pub(crate) use items::{
-    check_update_metadata, merge_metadata, set_free_text_tx, upsert_item_tx, Change, StagedItem,
-};
-pub use items::{guess_mimetype, normalize_filename};
+pub(crate) use items::{set_free_text_tx, upsert_item_tx, Change, StagedItem};
 use models::model_by;
 
 /// The embedded store of one home directory. Cheap to share behind an `Arc`.

@@ -98,16 +98,11 @@ fn artifact_dest(dir: &Path, rel: &str) -> Result<PathBuf> {
 
 impl LocalStore {
     pub(super) async fn create_model(&self, model: NewModel) -> Result<Model> {
-        if model.name.trim().is_empty() {
-            return Err(StoreError::invalid("model name", "must not be empty"));
-        }
+        rules::check_name("model", &model.name)?;
         self.db
             .write(move |t| {
                 if name_taken(t, "models", &model.name)? {
-                    return Err(StoreError::Conflict(format!(
-                        "a model named {:?} exists",
-                        model.name
-                    )));
+                    return Err(rules::name_exists("model", &model.name));
                 }
                 let id = new_id();
                 let now = now_rfc3339();
@@ -164,20 +159,16 @@ impl LocalStore {
                     .name
                     .clone()
                     .unwrap_or_else(|| format!("{}_{stamp}", base.name));
-                if wanted.trim().is_empty() {
-                    return Err(StoreError::invalid("model name", "must not be empty"));
-                }
-                let mut name = wanted.clone();
+                rules::check_name("model", &wanted)?;
                 let mut n = 0;
-                while name_taken(t, "models", &name)? {
-                    n += 1;
-                    if n > 1000 {
-                        return Err(StoreError::Conflict(format!(
-                            "model names {wanted:?} to {wanted}_v1000 are all taken"
-                        )));
+                let name = loop {
+                    let name = rules::versioned_name(&wanted, n)
+                        .ok_or_else(|| rules::names_exhausted(&wanted))?;
+                    if !name_taken(t, "models", &name)? {
+                        break name;
                     }
-                    name = format!("{wanted}_v{n}");
-                }
+                    n += 1;
+                };
                 let mut configuration = base.configuration.clone();
                 if let Some(over) = &options.configuration {
                     for (k, v) in over {
@@ -217,16 +208,14 @@ impl LocalStore {
 
     pub(super) async fn update_model(&self, model: &Model) -> Result<Model> {
         let m = model.clone();
-        if m.name.trim().is_empty() {
-            return Err(StoreError::invalid("model name", "must not be empty"));
-        }
+        rules::check_name("model", &m.name)?;
         self.db
             .write(move |t| {
                 let other: Option<String> = t
                     .query_row("SELECT id FROM models WHERE name = ?1", [&m.name], |r| r.get(0))
                     .optional()?;
                 if other.as_ref().is_some_and(|o| *o != m.id) {
-                    return Err(StoreError::Conflict(format!("a model named {:?} exists", m.name)));
+                    return Err(rules::name_exists("model", &m.name));
                 }
                 let n = t.execute(
                     "UPDATE models SET name = ?2, status = ?3, configuration = ?4, dataset_id = ?5, metadata = ?6,
@@ -318,14 +307,7 @@ impl LocalStore {
     }
 
     pub(super) async fn publish_metrics(&self, samples: &[MetricSample]) -> Result<usize> {
-        for s in samples {
-            if !s.data.x.is_finite() || !s.data.y.is_finite() {
-                return Err(StoreError::invalid(
-                    format!("metric sample {}/{}", s.figure, s.legend),
-                    "x and y must be finite numbers",
-                ));
-            }
-        }
+        rules::check_metric_samples(samples)?;
         let samples = samples.to_vec();
         self.db
             .write(move |t| {

@@ -50,22 +50,11 @@ fn pipeline_by(conn: &Connection, col: &str, key: &str) -> Result<Pipeline> {
 
 impl LocalStore {
     pub(super) async fn create_pipeline(&self, p: NewPipeline) -> Result<Pipeline> {
-        if p.name.trim().is_empty() {
-            return Err(StoreError::invalid("pipeline name", "must not be empty"));
-        }
-        let mut seen = HashSet::new();
-        for v in &p.variables {
-            if !seen.insert(v.name.clone()) {
-                return Err(StoreError::invalid(
-                    format!("pipeline {}", p.name),
-                    format!("variable {:?} is declared twice", v.name),
-                ));
-            }
-        }
+        rules::check_new_pipeline(&p)?;
         self.db
             .write(move |t| {
                 if name_taken(t, "pipelines", &p.name)? {
-                    return Err(StoreError::Conflict(format!("a pipeline named {:?} exists", p.name)));
+                    return Err(rules::name_exists("pipeline", &p.name));
                 }
                 let id = new_id();
                 let now = now_rfc3339();
@@ -162,32 +151,18 @@ impl LocalStore {
                         format!("{variable} (pipeline {pipeline_id})"),
                     )
                 })?;
-                if !var.var_type.eq_ignore_ascii_case("model") {
-                    return Err(StoreError::invalid(
-                        format!("variable {variable:?}"),
-                        format!("has type {}, not Model", var.var_type),
-                    ));
-                }
+                rules::check_model_variable(var)?;
                 // Checked in the same transaction as the update: no window in which the
                 // variable could point at a model whose artifacts are not stored.
                 let model = model_by(t, "id", &model_id)?;
-                if !matches!(model.status, ModelStatus::Trained | ModelStatus::Deployed) {
-                    return Err(StoreError::Conflict(format!(
-                        "model {} ({}) is {}, not trained: variable {variable:?} left unchanged",
-                        model.name,
-                        model.id,
-                        model.status.as_str()
-                    )));
-                }
-                if model.artifacts.is_empty() {
-                    return Err(StoreError::Conflict(format!(
-                        "model {} ({}) has no stored artifacts: variable {variable:?} left unchanged",
-                        model.name, model.id
-                    )));
-                }
+                rules::check_promotable(&variable, &model, !model.artifacts.is_empty())?;
                 t.execute(
                     "UPDATE variables SET value = ?3 WHERE pipeline_id = ?1 AND name = ?2",
-                    params![pipeline_id, variable, to_json_text(&Value::String(model_id.clone()))],
+                    params![
+                        pipeline_id,
+                        variable,
+                        to_json_text(&Value::String(model_id.clone()))
+                    ],
                 )?;
                 t.execute(
                     "UPDATE pipelines SET updated_at = ?2 WHERE id = ?1",
@@ -196,7 +171,9 @@ impl LocalStore {
                 variables_of(t, &pipeline_id)?
                     .into_iter()
                     .find(|v| v.name == variable)
-                    .ok_or_else(|| StoreError::Corrupt("variable vanished in its own transaction".into()))
+                    .ok_or_else(|| {
+                        StoreError::Corrupt("variable vanished in its own transaction".into())
+                    })
             })
             .await
     }
