@@ -67,7 +67,7 @@ import numpy as np
 a = np.array(json.load(open(sys.argv[2]))["image"], dtype=np.float64)
 b = np.array(json.load(open(sys.argv[3]))["image"], dtype=np.float64)
 cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-print(f"{sys.argv[1]}: cosine exact vs fast over {len(cos)} images: mean {cos.mean():.6f}, "
+print(f"{sys.argv[1]}: cosine over {len(cos)} images: mean {cos.mean():.6f}, "
       f"min {cos.min():.6f}, 1st percentile {np.percentile(cos, 1):.6f}")
 PY
 }
@@ -83,7 +83,7 @@ ct embed --model vitb32-random $(printf -- '--image %s ' "${pngs[@]}") >"$work/v
 "$bin/fast_decode_dump" "$work/jpegs" 224 "$work/exact-png" exact >/dev/null
 ct embed --model vitb32-random $(printf -- '--image %s ' "${pngs[@]/#$work\/fast-png/$work/exact-png}") >"$work/vitb32-exact-png.json"
 cosines "check: exact pixels as PNG vs the JPEGs" "$work/vitb32-exact.json" "$work/vitb32-exact-png.json"
-cosines "ViT-B/32, random weights (seed 0), $n 640x480 JPEGs (1/2 scale)" "$work/vitb32-exact.json" "$work/vitb32-fast.json"
+cosines "exact vs fast, ViT-B/32, random weights (seed 0), $n 640x480 JPEGs (1/2 scale)" "$work/vitb32-exact.json" "$work/vitb32-fast.json"
 
 [ -n "${FM_MODEL:-}" ] || { echo "FM_MODEL not set: Fashion-MNIST zero-shot accuracy skipped"; exit 0; }
 fm=$work/fmnist-jpeg224
@@ -101,4 +101,4 @@ fpngs=("${fjpgs[@]/#$fm/$work/fmnist-fast-png}")
 fpngs=("${fpngs[@]/%.jpg/.png}")
 ct embed --model "$FM_MODEL" $(printf -- '--image %s ' "${fjpgs[@]}") >"$work/fmnist-exact.json"
 ct embed --model "$FM_MODEL" $(printf -- '--image %s ' "${fpngs[@]}") >"$work/fmnist-fast.json"
-cosines "Fashion-MNIST model ($FM_MODEL), 10,000 test images at 224 px (1/8 scale)" "$work/fmnist-exact.json" "$work/fmnist-fast.json"
+cosines "exact vs fast, Fashion-MNIST model ($FM_MODEL), 10,000 test images at 224 px (1/8 scale)" "$work/fmnist-exact.json" "$work/fmnist-fast.json"
