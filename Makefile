@@ -4,12 +4,18 @@
 CUDA ?= 0
 CARGO ?= cargo
 
-.PHONY: setup build run test browser-test bench-forward bench-preprocess fixtures check-tools bench-train gpu-check
+.PHONY: check-test-tools setup build run test browser-test bench-forward bench-preprocess fixtures check-tools bench-train gpu-check
 
 check-tools:
-	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
-	@command -v python3 >/dev/null || { echo "error: python3 (with pip) is needed to fetch libtorch wheels" >&2; exit 1; }
-	@command -v c++ >/dev/null || { echo "error: a C++ compiler (g++) is needed to build libtorch bindings" >&2; exit 1; }
+	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install Rust 1.89+ with rustup (https://rustup.rs): curl -sSf https://sh.rustup.rs | sh" >&2; exit 1; }
+	@$(CARGO) --version | awk '{split($$2, v, "."); if (v[1] == 1 && v[2] < 89) { print "error: " $$0 " is older than 1.89: rustup update stable" > "/dev/stderr"; exit 1 }}'
+	@command -v python3 >/dev/null || { echo "error: python3 not found (it fetches the libtorch wheels): apt-get install -y python3 python3-pip" >&2; exit 1; }
+	@python3 -m pip --version >/dev/null 2>&1 || { echo "error: python3 has no pip (it fetches the libtorch wheels): apt-get install -y python3-pip, or python3 -m ensurepip" >&2; exit 1; }
+	@command -v c++ >/dev/null || { echo "error: no C++ compiler (the libtorch bindings are C++): apt-get install -y g++" >&2; exit 1; }
+
+## The browser test also needs Node.js (Chromium is installed by the test when missing).
+check-test-tools: check-tools
+	@command -v node >/dev/null || { echo "error: node not found (the search page's browser test runs on Node.js 18+): apt-get install -y nodejs" >&2; exit 1; }
 
 ## Lay out libtorch 2.11.0 in .libtorch (idempotent).
 setup: check-tools
@@ -22,8 +28,10 @@ build: setup
 run: build
 	scripts/demo.sh
 
-## Every test (unit, parity, integration, end to end).
-test: setup
+## Every test (unit, parity, integration, end to end), the browser test, and the libtorch
+## wheel fetch as a fresh machine does it (empty pip cache), so a warm cache hides nothing.
+test: check-test-tools setup
+	scripts/setup-libtorch.sh --check-fetch
 	$(CARGO) test --workspace
 	CARGO=$(CARGO) scripts/browser-test.sh
 

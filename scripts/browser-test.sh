@@ -19,4 +19,5 @@ if [ ! -x /usr/bin/chromium ] && [ -z "${CHROMIUM:-}" ]; then
   timeout 600 apt-get update -qq
   timeout 900 apt-get install -y -qq chromium >/dev/null
 fi
-timeout 900 ${CARGO:-cargo} test -p cliptune-worker --test browser -- --ignored
+# --workspace: the same features as `cargo test --workspace`, so nothing is compiled twice.
+timeout 900 ${CARGO:-cargo} test --workspace --test browser -- --ignored

@@ -18,13 +18,36 @@ cache=${CLIPTUNE_CACHE:-$HOME/.cache/cliptune}
 layout=cpu
 [ "${CUDA:-0}" = "1" ] && layout=cuda
 
+py=${PYTHON:-python3}
+command -v "$py" >/dev/null || { echo "error: python3 with pip is needed to fetch the torch wheels" >&2; exit 1; }
+
+# The three wheels carry different manylinux tags (torch 2_28, cuda-cupti 2_25,
+# cuda-runtime 2014 = 2_17). Older pips (23.x, as Python 3.11 ships) do not widen
+# one --platform to older tags, so every tag from 2_17 to 2_28 is listed.
+fetch_wheels() {
+  local platforms=(--platform manylinux2014_x86_64) m
+  for m in $(seq 17 28); do platforms+=(--platform "manylinux_2_${m}_x86_64"); done
+  "$py" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
+    "${platforms[@]}" -d "$1" "torch==$TORCH_VERSION" "$CUDART" "$CUPTI"
+}
+
+# `--check-fetch`: resolve and download the wheels into an empty directory with pip's
+# cache off, as a fresh machine does (run by `make test`, so a warm cache cannot hide it).
+if [ "${1:-}" = "--check-fetch" ]; then
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  PIP_NO_CACHE_DIR=1 fetch_wheels "$tmp"
+  for w in "torch-$TORCH_VERSION-" nvidia_cuda_runtime- nvidia_cuda_cupti-; do
+    ls "$tmp/$w"*.whl >/dev/null 2>&1 || { echo "error: pip fetched no $w wheel" >&2; exit 1; }
+  done
+  echo "wheel fetch from an empty cache: ok ($(ls "$tmp" | tr '\n' ' '))"
+  exit 0
+fi
+
 if [ -f "$dest/build-version" ] && [ "$(cat "$dest/layout" 2>/dev/null)" = "$layout" ]; then
   echo "libtorch $TORCH_VERSION ($layout) already set up in $dest"
   exit 0
 fi
-
-py=${PYTHON:-python3}
-command -v "$py" >/dev/null || { echo "error: python3 with pip is needed to fetch the torch wheels" >&2; exit 1; }
 
 # torch-sys decides at build time whether to link CUDA; after a layout switch it must rebuild.
 if [ -f "$dest/layout" ] && [ -d "$root/target" ]; then
@@ -41,9 +64,7 @@ if [ "$layout" = cpu ]; then
      || ! ls "$wheels"/nvidia_cuda_runtime-*.whl >/dev/null 2>&1 \
      || ! ls "$wheels"/nvidia_cuda_cupti-*.whl >/dev/null 2>&1; then
     echo "downloading torch==$TORCH_VERSION wheels into $wheels (about 545 MB) ..."
-    "$py" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
-      --platform manylinux_2_28_x86_64 -d "$wheels" \
-      "torch==$TORCH_VERSION" "$CUDART" "$CUPTI"
+    fetch_wheels "$wheels"
   fi
   # Keep only what a CPU program needs: headers, libtorch_cpu, c10, gomp, and the two
   # small CUDA runtime libraries that libtorch_cpu.so lists as needed (they load without a GPU).
