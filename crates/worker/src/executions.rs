@@ -224,59 +224,56 @@ pub struct Shared {
     accepting: AtomicBool,
     queued_device: AtomicUsize,
     queued_embed: AtomicUsize,
-    lock: Mutex<Option<PidLock>>,
+    lock: Mutex<Option<StoreLock>>,
     /// `config.embed_precision` resolved for the device.
     pub embed_precision: cliptune_train::Precision,
 }
 
-/// One worker process per store: `<work dir>/worker.pid`, created exclusively. A file naming
-/// a process that no longer runs (checked in /proc) is stale and replaced.
-struct PidLock {
-    path: PathBuf,
+/// One worker process per store: an exclusive OS lock (`flock`) on `<home>/worker.lock`.
+/// The kernel drops the lock when the process dies however it dies, so a file left by a
+/// killed worker never blocks a restart (even when the new process reuses the old pid, as
+/// pid 1 in a container does); and it sits on the store, not the work directory, so two
+/// workers cannot share a store through different `--work-dir`s.
+struct StoreLock {
+    // Held open for the life of the worker: closing it releases the lock.
+    _file: std::fs::File,
 }
 
-impl PidLock {
-    fn acquire(work_dir: &std::path::Path) -> Result<Self> {
-        use std::io::Write;
-        let path = work_dir.join("worker.pid");
-        for _ in 0..3 {
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(mut f) => {
-                    let _ = write!(f, "{}", std::process::id());
-                    return Ok(Self { path });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let pid = std::fs::read_to_string(&path)
-                        .ok()
-                        .and_then(|s| s.trim().parse::<u32>().ok());
-                    if let Some(pid) = pid {
-                        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                            return Err(WorkerError::Conflict(format!(
-                                "another cliptune worker (pid {pid}) is using the store at {}: \
-                                 use its HTTP API (e.g. POST /pipelines/{{id}}/execute) or stop it",
-                                work_dir.display()
-                            )));
-                        }
-                    }
-                    let _ = std::fs::remove_file(&path);
-                }
-                Err(e) => return Err(WorkerError::Internal(format!("{}: {e}", path.display()))),
+impl StoreLock {
+    fn acquire(home: &std::path::Path) -> Result<Self> {
+        use std::io::{Read, Seek, Write};
+        let path = home.join("worker.lock");
+        let io = |e: std::io::Error| WorkerError::Internal(format!("{}: {e}", path.display()));
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {
+                // The pid is for people reading the file; the lock is what counts.
+                file.set_len(0).map_err(io)?;
+                file.rewind().map_err(io)?;
+                write!(file, "{}", std::process::id()).map_err(io)?;
+                Ok(Self { _file: file })
             }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = match holder.trim() {
+                    "" => String::new(),
+                    pid => format!(" (pid {pid})"),
+                };
+                Err(WorkerError::Conflict(format!(
+                    "another cliptune worker{holder} is using the store at {}: \
+                     use its HTTP API (e.g. POST /pipelines/{{id}}/execute) or stop it",
+                    home.display()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
         }
-        Err(WorkerError::Conflict(format!(
-            "cannot claim {} for this worker",
-            path.display()
-        )))
-    }
-}
-
-impl Drop for PidLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -342,6 +339,9 @@ impl Worker {
         home: PathBuf,
         claim: bool,
     ) -> Result<Self> {
+        config
+            .check_auth()
+            .map_err(|m| WorkerError::input("auth", m))?;
         let device = cliptune_clip::parse_device(&config.device)?;
         let embed_precision = config
             .embed_precision(device)
@@ -351,7 +351,9 @@ impl Worker {
         std::fs::create_dir_all(&work_dir)
             .map_err(|e| WorkerError::Internal(format!("{}: {e}", work_dir.display())))?;
         let lock = if claim {
-            Some(PidLock::acquire(&work_dir)?)
+            std::fs::create_dir_all(&home)
+                .map_err(|e| WorkerError::Internal(format!("{}: {e}", home.display())))?;
+            Some(StoreLock::acquire(&home)?)
         } else {
             None
         };
@@ -412,6 +414,7 @@ impl Worker {
             ));
         }
         crate::nodes::validate_input(function, &input)?;
+        crate::nodes::check_refs(function, &input, &*self.platform).await?;
         if let Some(lane) = function.lane() {
             let queued = self.queued(lane).load(Ordering::SeqCst);
             if queued >= self.config.max_queue {

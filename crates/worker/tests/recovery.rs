@@ -114,11 +114,39 @@ async fn a_restart_fails_or_requeues_what_a_dead_process_left() {
         .err()
         .expect("a second worker on the same store is refused");
     assert!(err.to_string().contains("another cliptune worker"), "{err}");
+    // ... whatever its --work-dir says: the lock is on the store, not the work directory.
+    let mut elsewhere = fx::config();
+    elsewhere.work_dir = Some(s.home.join("other-work"));
+    let err = cliptune_worker::Worker::start(platform.clone(), elsewhere, s.home.clone())
+        .await
+        .err()
+        .expect("a second worker with another work dir on the same store is refused");
+    assert!(err.to_string().contains("another cliptune worker"), "{err}");
+    assert!(
+        err.to_string().contains(&std::process::id().to_string()),
+        "names the holder's pid: {err}"
+    );
     worker.shutdown().await;
     let next = cliptune_worker::Worker::start(platform, fx::config(), s.home.clone())
         .await
         .unwrap();
     next.shutdown().await;
+}
+
+/// What a SIGKILLed worker leaves (its lock file, an old pid file) names a pid that can be
+/// alive again: in a container the worker is pid 1 on every start. Here it is this very
+/// process. Only a held lock refuses a start, never a file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_left_by_a_killed_worker_never_block_a_restart() {
+    let s = fx::store(10).await;
+    let me = std::process::id().to_string();
+    std::fs::create_dir_all(s.home.join("work")).unwrap();
+    std::fs::write(s.home.join("worker.lock"), &me).unwrap();
+    std::fs::write(s.home.join("work").join("worker.pid"), &me).unwrap();
+    let worker = fx::worker(&s, fx::config()).await;
+    worker.shutdown().await;
+    let again = fx::worker(&s, fx::config()).await;
+    again.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
