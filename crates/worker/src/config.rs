@@ -26,10 +26,19 @@ pub struct WorkerConfig {
     /// Device for training and embedding: cpu, cuda, cuda:N or auto.
     #[arg(long, env = "CLIPTUNE_DEVICE", default_value = "auto")]
     pub device: String,
-    /// Bearer token required on every endpoint but /health (unset: no auth).
-    #[arg(long, env = "CLIPTUNE_API_TOKEN", hide_env_values = true)]
+    /// Bearer token required on every endpoint but /health (unset: no auth). Surrounding
+    /// whitespace (a secret file's newline) is dropped; an empty or blank token is an error.
+    #[arg(long, env = "CLIPTUNE_API_TOKEN", hide_env_values = true, value_parser = token)]
     #[serde(skip)]
     pub api_token: Option<String>,
+    /// Serve without a token on an address other than loopback (a trusted network only:
+    /// anyone who reaches the port can then train, change variables and read items).
+    #[arg(long, env = "CLIPTUNE_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+    /// Seconds a client may take to send a request's headers before its connection is
+    /// closed (slow or stalled clients cannot hold connections open).
+    #[arg(long, env = "CLIPTUNE_HEADER_TIMEOUT", default_value_t = 10, value_parser = positive_u64)]
+    pub header_timeout_seconds: u64,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "CLIPTUNE_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -70,6 +79,8 @@ impl WorkerConfig {
             backend: Backend::Local,
             device: device.to_string(),
             api_token: None,
+            allow_unauthenticated: false,
+            header_timeout_seconds: 10,
             max_body_bytes: 16 * 1024 * 1024,
             max_queue: 64,
             drain_seconds: 30,
@@ -102,9 +113,47 @@ impl WorkerConfig {
         }
     }
 
+    /// Why these settings must not serve, if they must not: a blank token (it would read
+    /// as "auth on" while checking nothing), or a non-loopback address without a token
+    /// unless `--allow-unauthenticated` says the network is trusted. Every way of starting
+    /// a worker goes through this one rule.
+    pub fn check_auth(&self) -> std::result::Result<(), String> {
+        if let Some(t) = &self.api_token {
+            token(t)?;
+        }
+        let exposed = !self.addr.ip().is_loopback();
+        if exposed && self.api_token.is_none() && !self.allow_unauthenticated {
+            return Err(format!(
+                "refusing to serve on {} without a token: anyone who reaches the port could \
+                 read items, train, change variables and stop executions. Set \
+                 CLIPTUNE_API_TOKEN (or --api-token) to require `Authorization: Bearer <token>`, \
+                 or pass --allow-unauthenticated (CLIPTUNE_ALLOW_UNAUTHENTICATED=true) if only \
+                 trusted clients can reach it",
+                self.addr
+            ));
+        }
+        Ok(())
+    }
+
     pub fn drain(&self) -> Duration {
         Duration::from_secs(self.drain_seconds)
     }
+}
+
+/// A bearer token: surrounding whitespace dropped, never empty.
+fn token(s: &str) -> std::result::Result<String, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("the API token is empty or blank, which would check nothing: set a real \
+                    secret (e.g. `openssl rand -hex 32`) or unset CLIPTUNE_API_TOKEN"
+            .into());
+    }
+    Ok(t.to_string())
+}
+
+/// A whole number of seconds, at least 1.
+fn positive_u64(s: &str) -> std::result::Result<u64, String> {
+    positive(s).map(|n| n as u64)
 }
 
 /// A whole number of at least 1.
@@ -120,6 +169,32 @@ mod tests {
     use super::*;
     use cliptune_train::Precision;
     use tch::Device;
+
+    #[test]
+    fn auth_cannot_fail_open() {
+        let mut c = WorkerConfig::local("cpu");
+        assert_eq!(c.check_auth(), Ok(()));
+        for blank in ["", "   ", "\n"] {
+            c.api_token = Some(blank.into());
+            assert!(c.check_auth().unwrap_err().contains("empty or blank"), "{blank:?}");
+            assert!(token(blank).is_err());
+        }
+        assert_eq!(token(" s3cret\n").as_deref(), Ok("s3cret"));
+        c.api_token = None;
+        c.addr = "0.0.0.0:8080".parse().unwrap();
+        let e = c.check_auth().unwrap_err();
+        assert!(e.contains("CLIPTUNE_API_TOKEN") && e.contains("--allow-unauthenticated"), "{e}");
+        c.addr = "[::]:8080".parse().unwrap();
+        assert!(c.check_auth().is_err());
+        c.allow_unauthenticated = true;
+        assert_eq!(c.check_auth(), Ok(()));
+        c.allow_unauthenticated = false;
+        c.api_token = Some("s3cret".into());
+        assert_eq!(c.check_auth(), Ok(()));
+        c.addr = "[::1]:8080".parse().unwrap();
+        c.api_token = None;
+        assert_eq!(c.check_auth(), Ok(()));
+    }
 
     #[test]
     fn embed_precision_resolves_per_device_and_names_bad_values() {
