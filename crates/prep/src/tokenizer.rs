@@ -37,6 +37,18 @@ const EOT_TEXT: &str = "<end_of_text>";
 /// where the flag changes a class.
 const PATTERN: &str = r"(?i:<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d)|\p{L}+|\p{N}|[^\s\p{L}\p{N}\x{345}]+";
 
+/// Bytes at the end of a cleaned prefix whose words may read differently in the whole text
+/// (see [`Tokenizer::encode_prefix`]); longer than any HTML entity or combining sequence.
+pub const CUT_MARGIN: usize = 256;
+
+/// The largest char boundary at or below `at`.
+fn floor_char_boundary(s: &str, mut at: usize) -> usize {
+    while !s.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
 /// Thread-safe; share one (e.g. behind an `Arc` or [`Tokenizer::shared`]).
 pub struct Tokenizer {
     bpe: BPE,
@@ -131,24 +143,73 @@ impl Tokenizer {
         let mut ids = Vec::with_capacity(cleaned.len() / 3 + 2);
         let mut word = String::new();
         for m in self.split.find_iter(&cleaned) {
-            let piece = m.as_str();
-            match piece {
-                SOT_TEXT => ids.push(SOT),
-                EOT_TEXT => ids.push(EOT),
-                _ => {
-                    word.clear();
-                    word.extend(piece.bytes().map(|b| self.byte_char[b as usize]));
-                    // Every single byte symbol (with and without </w>) is in the vocabulary,
-                    // so the model cannot fail or produce an unknown token here.
-                    let tokens = self
-                        .bpe
-                        .tokenize(&word)
-                        .expect("byte-level BPE covers every byte");
-                    ids.extend(tokens.iter().map(|t| i64::from(t.id)));
-                }
-            }
+            self.push_piece(m.as_str(), &mut word, &mut ids);
         }
         ids
+    }
+
+    /// `encode(text)` cut to its first `max` ids, at a cost that grows with `max` instead of
+    /// with `text` (a 16 MB caption costs what a short one does).
+    ///
+    /// Cleaning and splitting are local, so a prefix of the text yields the same leading ids
+    /// as the whole, except near the cut: a word, an HTML entity or a combining sequence cut
+    /// in two. Ids of words ending in the last [`CUT_MARGIN`] bytes of the cleaned prefix are
+    /// not trusted; the prefix grows fourfold until the trusted ids suffice or it is the whole
+    /// text. One effect reaches further back: ftfy stops unescaping HTML for a line (segment)
+    /// that contains `<` anywhere, so when the rest of the cut line holds one, a `<` is put
+    /// after the cut, inside the untrusted margin, to give the prefix the same rule. A
+    /// terminal escape sequence longer than the margin that straddles the cut is the one
+    /// construct where the result could differ from the whole text's.
+    pub fn encode_prefix(&self, text: &str, max: usize) -> Vec<i64> {
+        let mut take = (max * 16).max(1024);
+        let mut word = String::new();
+        loop {
+            if take >= text.len() {
+                let mut ids = self.encode(text);
+                ids.truncate(max);
+                return ids;
+            }
+            let cut = floor_char_boundary(text, take);
+            let mut prefix = std::borrow::Cow::Borrowed(&text[..cut]);
+            let line_rest = &text[cut..];
+            let line_rest = &line_rest[..line_rest.find('\n').unwrap_or(line_rest.len())];
+            if line_rest.contains('<') {
+                prefix.to_mut().push_str(" <");
+            }
+            let cleaned = crate::clean::clean(&prefix);
+            let trusted = cleaned.len().saturating_sub(CUT_MARGIN);
+            let mut ids = Vec::with_capacity(max);
+            for m in self.split.find_iter(&cleaned) {
+                if m.end() > trusted {
+                    break;
+                }
+                self.push_piece(m.as_str(), &mut word, &mut ids);
+                if ids.len() >= max {
+                    ids.truncate(max);
+                    return ids;
+                }
+            }
+            take = take.saturating_mul(4);
+        }
+    }
+
+    /// The ids of one piece of CLIP's split.
+    fn push_piece(&self, piece: &str, word: &mut String, ids: &mut Vec<i64>) {
+        match piece {
+            SOT_TEXT => ids.push(SOT),
+            EOT_TEXT => ids.push(EOT),
+            _ => {
+                word.clear();
+                word.extend(piece.bytes().map(|b| self.byte_char[b as usize]));
+                // Every single byte symbol (with and without </w>) is in the vocabulary,
+                // so the model cannot fail or produce an unknown token here.
+                let tokens = self
+                    .bpe
+                    .tokenize(word)
+                    .expect("byte-level BPE covers every byte");
+                ids.extend(tokens.iter().map(|t| i64::from(t.id)));
+            }
+        }
     }
 
     /// `[SOT] + encode(text) + [EOT]`, cut to `context_length` keeping EOT last, padded with 0.
@@ -179,7 +240,7 @@ impl Tokenizer {
         if n == 0 {
             return;
         }
-        let ids = self.encode(text);
+        let ids = self.encode_prefix(text, n - 1);
         row[0] = SOT;
         let body = ids.len().min(n.saturating_sub(1));
         row[1..=body].copy_from_slice(&ids[..body]);
@@ -229,6 +290,52 @@ mod tests {
         let tiny = t.tokenize("a cat", 2);
         assert_eq!(tiny, vec![SOT, EOT]);
         assert_eq!(t.tokenize("a cat", 1), vec![EOT]);
+    }
+
+    /// `encode_prefix` equals the whole text's ids cut to `max`, on texts built from what
+    /// acts across a cut: long words, entities, `<`, newlines, combining marks, ligatures,
+    /// whitespace runs, escapes, SOT/EOT spellings.
+    #[test]
+    fn prefix_encoding_matches_the_whole_text() {
+        let t = Tokenizer::shared();
+        let pieces = [
+            "cat", "photograph", "&amp;", "&lt;", "&amp;lt;", "<", "\n", "   ", "e\u{301}",
+            "\u{fb01}sh", "Ｆｕｌｌ", "\u{1b}[31m", "\t", "2024", "'s", "✨", "<end_of_text>",
+            "\u{345}", "ΣΑΣ", "x&y",
+        ];
+        let long_word = "abracadabra".repeat(40);
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for case in 0..40 {
+            let mut text = String::new();
+            while text.len() < 3_000 + case * 500 {
+                let r = next();
+                if r % 97 == 0 {
+                    text.push_str(&long_word);
+                } else if r % 89 == 0 {
+                    text.push_str(&" ".repeat(700));
+                } else {
+                    text.push_str(pieces[(r >> 8) as usize % pieces.len()]);
+                }
+                if r % 3 == 0 {
+                    text.push(' ');
+                }
+            }
+            let whole = t.encode(&text);
+            for max in [1, 7, 76, 300, 2_000] {
+                let want = &whole[..whole.len().min(max)];
+                assert_eq!(t.encode_prefix(&text, max), want, "case {case}, max {max}");
+            }
+        }
+        // A huge text: the leading ids are those of the whole, and no more than asked.
+        let huge = "a photo of a cat &amp; a dog. ".repeat(500_000);
+        assert_eq!(t.encode_prefix(&huge, 76), t.encode(&huge[..4_000])[..76]);
+        assert_eq!(t.tokenize(&huge, 77)[76], EOT);
     }
 
     #[test]
