@@ -2,8 +2,11 @@
 #
 #   docker build -t cliptune:0.1.0-cuda .                    # CUDA layout (make setup CUDA=1)
 #   docker build --build-arg CUDA=0 -t cliptune:0.1.0-cpu .  # lean CPU layout
-#   docker run --gpus all -p 8080:8080 -v cliptune-data:/data cliptune:0.1.0-cuda
+#   docker run --gpus all -p 8080:8080 -v cliptune-data:/data \
+#     -e CLIPTUNE_API_TOKEN="$(openssl rand -hex 32)" cliptune:0.1.0-cuda
 #
+# The image listens on 0.0.0.0, so `serve` refuses to start without CLIPTUNE_API_TOKEN
+# (or CLIPTUNE_ALLOW_UNAUTHENTICATED=true, for a trusted network only).
 # The CUDA libraries come from the torch wheel's nvidia-* packages, so the runtime image
 # needs only the host's NVIDIA driver (NVIDIA Container Toolkit, `--gpus all`).
 # See docs/operations.md. (Not built in CI: no container engine there.)

@@ -379,6 +379,60 @@ async fn auth_body_limit_and_error_shapes() {
             "not_found",
             "/no/such/route",
         ),
+        // Query strings, wrong methods: the same JSON shape as every other error.
+        (
+            auth(http.get(format!("{url}/executions?limit=many"))),
+            422,
+            "validation",
+            "limit",
+        ),
+        (
+            auth(http.post(format!("{url}/train?wait=perhaps"))).json(&json!({"model": "m"})),
+            422,
+            "validation",
+            "wait",
+        ),
+        (
+            auth(http.delete(format!("{url}/info"))),
+            405,
+            "method_not_allowed",
+            "",
+        ),
+        // Unknown entities are refused before anything is queued.
+        (
+            auth(http.post(format!("{url}/executions")))
+                .json(&json!({"functionName": "train", "input": {"model": "no-such-model"}})),
+            404,
+            "not_found",
+            "no-such-model",
+        ),
+        (
+            auth(http.post(format!("{url}/create-model")))
+                .json(&json!({"base_model": "no-such-model", "dataset": s.dataset.id})),
+            404,
+            "not_found",
+            "no-such-model",
+        ),
+        (
+            auth(http.post(format!("{url}/create-model")))
+                .json(&json!({"base_model": s.base.id, "dataset": "no-such-dataset"})),
+            404,
+            "not_found",
+            "no-such-dataset",
+        ),
+        (
+            auth(http.post(format!("{url}/embed"))).json(&json!({"dataset_id": "no-such-dataset"})),
+            404,
+            "not_found",
+            "no-such-dataset",
+        ),
+        (
+            auth(http.post(format!("{url}/update-variable")))
+                .json(&json!({"model": s.base.id, "pipeline": "no-such-pipeline"})),
+            404,
+            "not_found",
+            "no-such-pipeline",
+        ),
     ];
     for (i, (request, status, kind, needle)) in cases.into_iter().enumerate() {
         let r = request.send().await.unwrap();
@@ -422,6 +476,40 @@ async fn auth_body_limit_and_error_shapes() {
         .await
         .unwrap();
     assert_eq!(r.status(), 409);
+    server.stop().await;
+}
+
+/// A client that sends half its headers and stalls is cut off, and the server keeps
+/// answering everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_headers_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = fx::store(10).await;
+    let mut config = fx::config();
+    config.header_timeout_seconds = 1;
+    let server = fx::serve(&s, config).await;
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        stalled.push(c);
+    }
+    for mut c in stalled {
+        let mut buf = Vec::new();
+        // Without a header timeout this read never ends (the test's own limit fails it).
+        let read = tokio::time::timeout(Duration::from_secs(15), c.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "a stalled connection was still open after 15 s");
+        assert!(
+            buf.is_empty() || buf.starts_with(b"HTTP/1.1 408"),
+            "{}",
+            String::from_utf8_lossy(&buf)
+        );
+    }
+    let r = reqwest::get(format!("{}/health", server.url)).await.unwrap();
+    assert_eq!(r.status(), 200);
     server.stop().await;
 }
 

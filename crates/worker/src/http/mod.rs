@@ -13,7 +13,7 @@ use crate::error::{ErrorBody, Result, WorkerError};
 use crate::executions::{Function, Worker};
 use api::*;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -109,6 +109,7 @@ pub fn router(worker: Worker) -> Router {
         .route("/ui/app.js", get(online::app_js))
         .route("/ui/style.css", get(online::style_css))
         .fallback(not_found)
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(worker.clone(), auth))
         .layer(middleware::from_fn_with_state(worker.clone(), record))
         .layer(DefaultBodyLimit::max(limit))
@@ -118,23 +119,62 @@ pub fn router(worker: Worker) -> Router {
 
 /// Serves until `shutdown` resolves, then drains the worker (running executions finish or
 /// stop at a step boundary) before the server stops answering.
+///
+/// Connections are served by hyper directly because `axum::serve` sets no header-read
+/// timeout: a client that sends half its headers would hold a connection (and a task)
+/// forever. Here it is closed after `header_timeout_seconds`.
 pub async fn serve(
     worker: Worker,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
     let app = router(worker.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(worker.config.header_timeout_seconds));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // The server keeps answering while the worker drains, so clients can follow their
+    // executions to the end.
+    let drained = {
+        let worker = worker.clone();
+        async move {
             shutdown.await;
             tracing::info!("shutting down: draining executions");
             worker.shutdown().await;
-        })
-        .await
+        }
+    };
+    tokio::pin!(drained);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut drained => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 async fn auth(State(worker): State<Worker>, request: Request, next: Next) -> Response {
-    let Some(token) = worker.config.api_token.as_deref().filter(|t| !t.is_empty()) else {
+    // Blank tokens never get here (`WorkerConfig::check_auth` refuses them at start-up).
+    let Some(token) = worker.config.api_token.as_deref() else {
         return next.run(request).await;
     };
     if request.uri().path() == "/health" || online::is_public_asset(request.uri().path()) {
@@ -219,6 +259,67 @@ impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequest<S> for Json
             .map(JsonBody)
             .map_err(|e| WorkerError::input("body", e.to_string()))
     }
+}
+
+/// A query string, with errors in our shape (axum answers plain text).
+pub struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = WorkerError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> std::result::Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| Params(v))
+            .map_err(|rejection| WorkerError::input("query", rejection.body_text()))
+    }
+}
+
+/// Answers the framework gives on its own (405 for a wrong method, a path it cannot parse)
+/// get the `{error, error_type}` shape too, so clients parse one shape for every error.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let error_type = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let error = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let body = ErrorBody {
+        error,
+        error_type: error_type.into(),
+    };
+    let mut out = (status, Json(body)).into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name, value.clone());
+        }
+    }
+    out
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
@@ -339,7 +440,7 @@ async fn info(State(worker): State<Worker>) -> Json<Info> {
         version: env!("CARGO_PKG_VERSION").into(),
         backend: worker.platform().backend_name().into(),
         device: worker.device.name().into(),
-        auth: c.api_token.as_deref().is_some_and(|t| !t.is_empty()),
+        auth: c.api_token.is_some(),
         functions: Function::ALL.to_vec(),
         limits: Limits {
             max_body_bytes: c.max_body_bytes,
@@ -386,7 +487,7 @@ async fn openapi_json() -> Response {
     ))]
 async fn train(
     State(w): State<Worker>,
-    Query(params): Query<WaitParams>,
+    Params(params): Params<WaitParams>,
     JsonBody(input): JsonBody<Value>,
 ) -> Result<Response> {
     submit_node(&w, Function::Train, input, &params).await
@@ -403,7 +504,7 @@ async fn train(
 async fn embed(
     State(w): State<Worker>,
     axum::Extension(on): axum::Extension<std::sync::Arc<online::Online>>,
-    Query(params): Query<WaitParams>,
+    Params(params): Params<WaitParams>,
     JsonBody(input): JsonBody<Value>,
 ) -> Result<Response> {
     let online = ["texts", "images", "item_ids"]
@@ -426,7 +527,7 @@ async fn embed(
     ))]
 async fn create_model(
     State(w): State<Worker>,
-    Query(params): Query<WaitParams>,
+    Params(params): Params<WaitParams>,
     JsonBody(input): JsonBody<Value>,
 ) -> Result<Response> {
     submit_node(&w, Function::CreateModel, input, &params).await
@@ -441,7 +542,7 @@ async fn create_model(
     ))]
 async fn update_variable(
     State(w): State<Worker>,
-    Query(params): Query<WaitParams>,
+    Params(params): Params<WaitParams>,
     JsonBody(input): JsonBody<Value>,
 ) -> Result<Response> {
     submit_node(&w, Function::UpdateVariable, input, &params).await
@@ -457,7 +558,7 @@ async fn update_variable(
     ))]
 async fn create_execution(
     State(w): State<Worker>,
-    Query(params): Query<WaitParams>,
+    Params(params): Params<WaitParams>,
     JsonBody(request): JsonBody<ExecutionRequest>,
 ) -> Result<Response> {
     let function = Function::parse(&request.function_name)?;
@@ -473,7 +574,7 @@ async fn create_execution(
     responses((status = 200, description = "Newest first", body = [ExecutionView])))]
 async fn list_executions(
     State(w): State<Worker>,
-    Query(params): Query<ListParams>,
+    Params(params): Params<ListParams>,
 ) -> Result<Json<Vec<ExecutionView>>> {
     let status = match params.status.as_deref() {
         None => None,
@@ -535,7 +636,7 @@ async fn terminate_execution(
 async fn execute_pipeline(
     State(w): State<Worker>,
     Path(id): Path<String>,
-    Query(params): Query<WaitParams>,
+    Params(params): Params<WaitParams>,
     JsonBody(body): JsonBody<Option<PipelineExecuteRequest>>,
 ) -> Result<Response> {
     let values = body.map(|b| b.values()).unwrap_or_default();
