@@ -36,6 +36,49 @@ pub fn validate_input(function: Function, input: &Value) -> Result<()> {
     }
 }
 
+/// Resolves the models, datasets and pipelines `input` names, so that an unknown one is a
+/// 404 at submission instead of an execution that fails later. (Item lists are checked
+/// item by item as the node reads them.)
+pub async fn check_refs(
+    function: Function,
+    input: &Value,
+    platform: &dyn cliptune_store::Platform,
+) -> Result<()> {
+    match function {
+        Function::CreateModel => {
+            let i = CreateModelInput::parse(input)?;
+            platform.resolve_model(&i.base_model).await?;
+            platform.resolve_dataset(&i.dataset).await?;
+        }
+        Function::Train => {
+            platform
+                .resolve_model(&TrainInput::parse(input)?.model)
+                .await?;
+        }
+        Function::UpdateVariable => {
+            let i = UpdateVariableInput::parse(input)?;
+            platform.resolve_model(&i.model).await?;
+            if let Some(p) = &i.pipeline {
+                platform.resolve_pipeline(p).await?;
+            }
+        }
+        Function::Embed => {
+            let i = EmbedInput::parse(input)?;
+            if let EmbedTarget::Dataset { id, .. } = &i.target {
+                platform.resolve_dataset(id).await?;
+            }
+            if let Some(m) = &i.model {
+                platform.resolve_model(m).await?;
+            }
+            if let Some(p) = &i.pipeline {
+                platform.resolve_pipeline(p).await?;
+            }
+        }
+        Function::Pipeline => {}
+    }
+    Ok(())
+}
+
 /// Runs one node to its output.
 pub async fn run(function: Function, input: &Value, ctx: &NodeCtx) -> Result<Value> {
     match function {
