@@ -177,6 +177,12 @@ fn human_report(r: &ImportReport) -> String {
             d.name, d.id, c.created, c.updated, c.unchanged
         ));
     }
+    if !r.warnings.is_empty() {
+        s.push_str(&format!("\nwarning: {} entries:", r.warnings.len()));
+        for w in &r.warnings {
+            s.push_str(&format!("\n  {}: {}", w.location, w.reason));
+        }
+    }
     if !r.bad.is_empty() {
         s.push_str(&format!("\nskipped {} bad entries:", r.bad.len()));
         for b in &r.bad {

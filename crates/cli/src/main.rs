@@ -102,8 +102,24 @@ fn default_home() -> PathBuf {
     data.unwrap_or_else(|| PathBuf::from(".")).join("cliptune")
 }
 
+/// A command writing into a closed pipe (`cliptune items list --json | head`) ends as other
+/// Unix tools do: quietly, killed by SIGPIPE (status 141 in the shell). Rust starts with
+/// SIGPIPE ignored, which turns such a write into a panic inside `println!`. `serve` keeps
+/// it ignored: a client hanging up must be an error on that socket, not the end of the
+/// server.
+#[allow(unsafe_code)]
+fn default_sigpipe() {
+    // SAFETY: restores a signal's default disposition; no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        default_sigpipe();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CLIPTUNE_LOG")

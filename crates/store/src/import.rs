@@ -89,6 +89,9 @@ pub struct ImportReport {
     pub entries: u64,
     pub items: Counts,
     pub bad: Vec<BadEntry>,
+    /// Entries imported with something a person should know (an empty caption: the item
+    /// has no caption, so training skips it until one is set).
+    pub warnings: Vec<BadEntry>,
     /// The images dataset of a prompt-item import.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub images_dataset: Option<Dataset>,
@@ -117,6 +120,16 @@ struct Plan {
     format: Format,
     good: Vec<Planned>,
     bad: Vec<BadEntry>,
+    warnings: Vec<BadEntry>,
+}
+
+/// The warning for an entry whose caption is present but empty.
+fn empty_caption(location: String) -> BadEntry {
+    BadEntry {
+        location,
+        reason: "empty caption: imported without one (training skips it until it has one)"
+            .into(),
+    }
 }
 
 impl Plan {
@@ -186,6 +199,7 @@ fn plan_jsonl(root: &Path) -> Result<Plan> {
         format: Format::CaptionsJsonl,
         good: Vec::new(),
         bad: Vec::new(),
+        warnings: Vec::new(),
     };
     let mut first_line: HashMap<String, usize> = HashMap::new();
     for (i, raw) in text.split(|&b| b == b'\n').enumerate() {
@@ -224,7 +238,11 @@ fn plan_jsonl(root: &Path) -> Result<Plan> {
         };
         let caption = match obj.get("caption") {
             None | Some(Value::Null) => None,
-            Some(Value::String(c)) => Some(c.trim().to_string()).filter(|c| !c.is_empty()),
+            Some(Value::String(c)) if c.trim().is_empty() => {
+                plan.warnings.push(empty_caption(location.clone()));
+                None
+            }
+            Some(Value::String(c)) => Some(c.trim().to_string()),
             Some(other) => {
                 bad(format!("\"caption\" must be a string, got {other}"));
                 continue;
@@ -326,6 +344,7 @@ fn plan_sidecar(root: &Path) -> Result<Plan> {
         format: Format::Sidecar,
         good: Vec::new(),
         bad: Vec::new(),
+        warnings: Vec::new(),
     };
     for rel in walk(root)? {
         if !is_image(Path::new(&rel)) {
@@ -344,7 +363,11 @@ fn plan_sidecar(root: &Path) -> Result<Plan> {
         let txt = root.join(Path::new(&rel).with_extension("txt"));
         let caption = if txt.is_file() {
             match std::fs::read(&txt).map(String::from_utf8) {
-                Ok(Ok(s)) => Some(s.trim().to_string()).filter(|s| !s.is_empty()),
+                Ok(Ok(s)) if s.trim().is_empty() => {
+                    plan.warnings.push(empty_caption(rel.clone()));
+                    None
+                }
+                Ok(Ok(s)) => Some(s.trim().to_string()),
                 Ok(Err(_)) => {
                     plan.bad.push(BadEntry {
                         location: rel.clone(),
@@ -386,6 +409,7 @@ fn plan_export(root: &Path) -> Result<Plan> {
         format: Format::DataloopExport,
         good: Vec::new(),
         bad: Vec::new(),
+        warnings: Vec::new(),
     };
     let mut first: HashMap<String, String> = HashMap::new();
     for rel in walk(&json_dir)? {
@@ -705,8 +729,8 @@ pub async fn import(
     let blobs = store.blobs.clone();
     let format = main.format;
     let entries = main.entries() as u64;
-    let bad = main.bad.clone();
-    let mut all_bad = bad;
+    let warnings = main.warnings.clone();
+    let mut all_bad = main.bad.clone();
     if let Some(p) = &images {
         all_bad.extend(p.bad.iter().map(|b| BadEntry {
             location: format!("images: {}", b.location),
@@ -751,6 +775,7 @@ pub async fn import(
         entries,
         items: counts,
         bad: all_bad,
+        warnings,
         images_dataset,
         images: image_counts,
         seconds: start.elapsed().as_secs_f64(),
