@@ -16,6 +16,7 @@ check-tools:
 ## The browser test also needs Node.js (Chromium is installed by the test when missing).
 check-test-tools: check-tools
 	@command -v node >/dev/null || { echo "error: node not found (the search page's browser test runs on Node.js 18+): apt-get install -y nodejs" >&2; exit 1; }
+	@python3 -c 'import venv, ensurepip' 2>/dev/null || { echo "error: python3 cannot make venvs (the dtlpy tests run in one): apt-get install -y python3-venv" >&2; exit 1; }
 
 ## Lay out libtorch 2.11.0 in .libtorch (idempotent).
 setup: check-tools
@@ -28,12 +29,14 @@ build: setup
 run: build
 	scripts/demo.sh
 
-## Every test (unit, parity, integration, end to end), the browser test, and the libtorch
+## Every test (unit, parity, integration, end to end), the browser test, the real dtlpy SDK
+## against the fake Dataloop gate (tests/dataloop, in a venv), and the libtorch
 ## wheel fetch as a fresh machine does it (empty pip cache), so a warm cache hides nothing.
 test: check-test-tools setup
 	scripts/setup-libtorch.sh --check-fetch
 	$(CARGO) test --workspace
 	CARGO=$(CARGO) scripts/browser-test.sh
+	CARGO=$(CARGO) scripts/dtlpy-test.sh
 
 ## The search page in headless Chromium (installs Debian's chromium when missing).
 browser-test: setup

@@ -4,7 +4,8 @@
 # Extra arguments go to pytest. CARGO_TARGET_DIR is honoured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --quiet -p cliptune-gate --bin cliptune-gate
+# --workspace: the features of `cargo test --workspace`, so `make test` compiles nothing twice.
+${CARGO:-cargo} build --quiet --workspace --bin cliptune-gate
 target=${CARGO_TARGET_DIR:-target}
 export CLIPTUNE_GATE_BIN
 CLIPTUNE_GATE_BIN=$(cd "$target/debug" && pwd)/cliptune-gate
