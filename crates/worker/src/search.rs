@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::time::Instant;
 
-/// Largest `k` a search accepts.
-pub const MAX_K: usize = 1000;
+/// Largest `k` a search accepts (the store's rule, one for every backend).
+pub const MAX_K: usize = cliptune_store::rules::MAX_NEAREST_K;
 
 /// One result.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -52,26 +52,10 @@ pub async fn feature_set(platform: &dyn Platform, model: &Model) -> Result<Featu
         })
 }
 
-/// Checks `k` and the filter's shape before any work.
+/// Checks `k` and the filter's shape before any work: the store's rule, so the worker and
+/// every backend refuse the same queries with the same words.
 pub fn check_query(k: usize, filter: Option<&Value>, dataset: Option<&str>) -> Result<()> {
-    if k == 0 || k > MAX_K {
-        return Err(WorkerError::input(
-            "k",
-            format!("{k} is not in 1..={MAX_K}"),
-        ));
-    }
-    if let Some(f) = filter {
-        if !f.is_object() {
-            return Err(WorkerError::input(
-                "filter",
-                format!("must be a DQL filter object, got {f}"),
-            ));
-        }
-        if dataset.is_none() {
-            return Err(WorkerError::input("filter", "a filter needs a dataset"));
-        }
-    }
-    Ok(())
+    Ok(cliptune_store::rules::check_nearest(k, filter, dataset)?)
 }
 
 /// Top-k items of `set` for `vector` (restricted to `dataset_id` and the DQL `filter`),

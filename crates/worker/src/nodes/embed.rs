@@ -400,7 +400,9 @@ impl Pages {
                 let query = ItemQuery {
                     filter,
                     page: 0,
-                    page_size: (batch_size * 8).max(100) as u32,
+                    // Eight batches a page, within the page size every backend accepts.
+                    page_size: ((batch_size * 8).max(100) as u32)
+                        .min(cliptune_store::rules::MAX_PAGE_SIZE),
                 };
                 Self::Dataset {
                     id: dataset.id,
