@@ -39,12 +39,15 @@ fn run(mut c: Command) -> (std::process::ExitStatus, String) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = child.wait_with_output().unwrap();
-    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
-/// A `serve` child and the URL from its start-up line.
-fn serve(home: &Path, extra: &[&str]) -> (Child, String) {
-    let mut args = vec!["serve", "--addr", "127.0.0.1:0"];
+/// A `serve` child on `addr` and its start-up line.
+fn serve_at(home: &Path, addr: &str, extra: &[&str]) -> (Child, String) {
+    let mut args = vec!["serve", "--addr", addr];
     args.extend_from_slice(extra);
     let mut child = cliptune(home, &args)
         .stdin(Stdio::null())
@@ -56,6 +59,12 @@ fn serve(home: &Path, extra: &[&str]) -> (Child, String) {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
+    (child, line)
+}
+
+/// A `serve` child on loopback and the URL from its start-up line.
+fn serve(home: &Path, extra: &[&str]) -> (Child, String) {
+    let (child, line) = serve_at(home, "127.0.0.1:0", extra);
     let url = line
         .split_whitespace()
         .find(|w| w.starts_with("http://"))
@@ -86,19 +95,15 @@ fn blank_tokens_and_open_addresses_are_refused_at_start_up() {
     );
     assert!(started.elapsed() < Duration::from_secs(30));
     // Each way out works: a token, or saying the network is trusted.
-    for extra in [&["--api-token", "s3cret"][..], &["--allow-unauthenticated"][..]] {
-        let mut args = vec!["serve", "--addr", "0.0.0.0:0"];
-        args.extend_from_slice(extra);
-        let mut child = cliptune(&home, &args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.contains("listening on http://0.0.0.0:"), "{extra:?}: {line}");
+    for extra in [
+        &["--api-token", "s3cret"][..],
+        &["--allow-unauthenticated"][..],
+    ] {
+        let (mut child, line) = serve_at(&home, "0.0.0.0:0", extra);
+        assert!(
+            line.contains("listening on http://0.0.0.0:"),
+            "{extra:?}: {line}"
+        );
         assert_eq!(line.contains("bearer auth on"), extra[0] == "--api-token");
         child.kill().unwrap();
         child.wait().unwrap();
@@ -114,11 +119,20 @@ fn one_worker_per_store_survives_kill_9_and_other_work_dirs() {
     let other = dir.path().join("other-work");
     let (status, err) = run(cliptune(
         &home,
-        &["serve", "--addr", "127.0.0.1:0", "--work-dir", other.to_str().unwrap()],
+        &[
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--work-dir",
+            other.to_str().unwrap(),
+        ],
     ));
     assert!(!status.success(), "{err}");
     assert!(err.contains("another cliptune worker"), "{err}");
-    assert!(err.contains(&first.id().to_string()), "names the holder: {err}");
+    assert!(
+        err.contains(&first.id().to_string()),
+        "names the holder: {err}"
+    );
     // kill -9: no chance to clean up. The next start must not be blocked by what is left.
     first.kill().unwrap();
     first.wait().unwrap();
@@ -188,11 +202,22 @@ fn empty_captions_are_imported_with_a_warning() {
     .unwrap();
     let out = cliptune(
         &home,
-        &["--json", "datasets", "import", src.to_str().unwrap(), "--name", "p"],
+        &[
+            "--json",
+            "datasets",
+            "import",
+            src.to_str().unwrap(),
+            "--name",
+            "p",
+        ],
     )
     .output()
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["items"]["created"], 3, "{report}");
     let warnings = report["warnings"].as_array().unwrap();
@@ -213,5 +238,8 @@ fn empty_captions_are_imported_with_a_warning() {
     .output()
     .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("warning: 2 entries") && text.contains("captions.jsonl:3"), "{text}");
+    assert!(
+        text.contains("warning: 2 entries") && text.contains("captions.jsonl:3"),
+        "{text}"
+    );
 }

@@ -299,9 +299,26 @@ mod tests {
     fn prefix_encoding_matches_the_whole_text() {
         let t = Tokenizer::shared();
         let pieces = [
-            "cat", "photograph", "&amp;", "&lt;", "&amp;lt;", "<", "\n", "   ", "e\u{301}",
-            "\u{fb01}sh", "Ｆｕｌｌ", "\u{1b}[31m", "\t", "2024", "'s", "✨", "<end_of_text>",
-            "\u{345}", "ΣΑΣ", "x&y",
+            "cat",
+            "photograph",
+            "&amp;",
+            "&lt;",
+            "&amp;lt;",
+            "<",
+            "\n",
+            "   ",
+            "e\u{301}",
+            "\u{fb01}sh",
+            "Ｆｕｌｌ",
+            "\u{1b}[31m",
+            "\t",
+            "2024",
+            "'s",
+            "✨",
+            "<end_of_text>",
+            "\u{345}",
+            "ΣΑΣ",
+            "x&y",
         ];
         let long_word = "abracadabra".repeat(40);
         let mut seed = 0x2545_f491_4f6c_dd1du64;

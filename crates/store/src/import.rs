@@ -127,8 +127,7 @@ struct Plan {
 fn empty_caption(location: String) -> BadEntry {
     BadEntry {
         location,
-        reason: "empty caption: imported without one (training skips it until it has one)"
-            .into(),
+        reason: "empty caption: imported without one (training skips it until it has one)".into(),
     }
 }
 
