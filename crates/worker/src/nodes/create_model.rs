@@ -42,19 +42,25 @@ impl CreateModelInput {
             .get("dataset")
             .ok_or_else(|| WorkerError::input("dataset", "missing"))?;
         let filter = |name: &str| -> Result<Option<Value>> {
-            match map.get(name) {
-                None | Some(Value::Null) => Ok(None),
-                Some(v @ Value::Object(_)) => Ok(Some(v.clone())),
+            let subset = match map.get(name) {
+                None | Some(Value::Null) => return Ok(None),
+                Some(v @ Value::Object(_)) => v.clone(),
                 Some(Value::String(s)) => serde_json::from_str::<Value>(s)
                     .ok()
                     .filter(Value::is_object)
-                    .map(Some)
-                    .ok_or_else(|| WorkerError::input(name, "must be a DQL filter object")),
-                Some(other) => Err(WorkerError::input(
-                    name,
-                    format!("must be a DQL filter object, got {other}"),
-                )),
-            }
+                    .ok_or_else(|| WorkerError::input(name, "must be a DQL filter object"))?,
+                Some(other) => {
+                    return Err(WorkerError::input(
+                        name,
+                        format!("must be a DQL filter object, got {other}"),
+                    ))
+                }
+            };
+            // A bad subset is refused here, not when training reads it; it is stored as
+            // given (a bare filter or a whole DQL body, as the template's defaults are).
+            cliptune_store::dql::Filter::parse_given(Some(&subset))
+                .map_err(|e| WorkerError::input(name, e.to_string()))?;
+            Ok(Some(subset))
         };
         let text = |name: &str| -> Result<Option<String>> {
             match map.get(name) {
@@ -84,13 +90,9 @@ pub async fn run(input: CreateModelInput, ctx: &NodeCtx) -> Result<Value> {
     let base = platform.resolve_model(&input.base_model).await?;
     let dataset = platform.resolve_dataset(&input.dataset).await?;
     if base.artifacts.is_empty() {
-        return Err(WorkerError::input(
-            "base_model",
-            format!(
-                "model {} ({}) has no weights (no artifacts) to start training from",
-                base.name, base.id
-            ),
-        ));
+        // A marketplace model: its weights come by name from the weights directory.
+        super::named_weights(&ctx.worker.config, &base)
+            .map_err(|m| WorkerError::input("base_model", m))?;
     }
     let defaults = Subsets::default_filters();
     let subsets = Subsets {

@@ -197,20 +197,49 @@ pub(crate) async fn local_weights(
     local_weights_for(&ctx.worker, model).await
 }
 
+/// The checkpoint of a model that carries no artifacts: Dataloop's marketplace CLIP models
+/// name their weights by the configuration's `model_name` (`ViT-B/32`), which its adapter
+/// loads from the runner image; cliptune reads them from `--weights-dir`. The error says
+/// which file it needs where.
+pub(crate) fn named_weights(
+    config: &crate::WorkerConfig,
+    model: &cliptune_store::Model,
+) -> std::result::Result<std::path::PathBuf, String> {
+    let Some(name) = model
+        .configuration
+        .get("model_name")
+        .and_then(Value::as_str)
+    else {
+        return Err(format!(
+            "model {} ({}) has no weights yet (status {}): no artifacts, and no `model_name` \
+             in its configuration to find them by",
+            model.name,
+            model.id,
+            model.status.as_str()
+        ));
+    };
+    let Some(dir) = &config.weights_dir else {
+        let file = cliptune_clip::weights::OPENAI_MODELS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or("OpenAI's checkpoint file", |(_, f)| f);
+        return Err(format!(
+            "model {} ({}) has no artifacts: its weights are OpenAI's {name:?} checkpoint, \
+             looked up in CLIPTUNE_WEIGHTS_DIR (--weights-dir), which is not set; point it at \
+             a directory holding {file}",
+            model.name, model.id,
+        ));
+    };
+    cliptune_clip::resolve_base_model(dir, name)
+        .map_err(|e| format!("model {} ({}) has no artifacts: {e}", model.name, model.id))
+}
+
 pub(crate) async fn local_weights_for(
     worker: &crate::executions::Worker,
     model: &cliptune_store::Model,
 ) -> Result<std::path::PathBuf> {
     if model.artifacts.is_empty() {
-        return Err(WorkerError::input(
-            "model",
-            format!(
-                "model {} ({}) has no weights yet (status {})",
-                model.name,
-                model.id,
-                model.status.as_str()
-            ),
-        ));
+        return named_weights(&worker.config, model).map_err(|m| WorkerError::input("model", m));
     }
     // One download at a time: concurrent requests for the same model share the result.
     static DOWNLOADS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
