@@ -243,6 +243,19 @@ fn precision_and_bad_input() {
     let (fp32, bf16) = (run(&home, "fp32"), run(&bf16_home, "bf16"));
     assert_eq!(fp32["embedded"], 24);
     assert_eq!(bf16["embedded"], 24);
+    // Every stage reports its time and items; the slowest is named.
+    let stages = &fp32["stages"];
+    for stage in ["read", "decode", "device", "write"] {
+        assert_eq!(stages[stage]["items"], 24, "{stage}: {stages}");
+        assert!(
+            stages[stage]["seconds"].as_f64().unwrap() > 0.0,
+            "{stage}: {stages}"
+        );
+    }
+    assert!(
+        ["read", "decode", "device", "write"].contains(&stages["bottleneck"].as_str().unwrap()),
+        "{stages}"
+    );
     // The output says which precision ran.
     assert_eq!(
         (&fp32["precision"], &bf16["precision"]),
@@ -289,4 +302,78 @@ fn precision_and_bad_input() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--filter is not JSON"), "{err}");
     assert_eq!(vectors(&home).len(), 24);
+}
+
+/// `--fast-decode` engages on JPEGs at least twice the input size (here 160x128 for a 64 px
+/// model: 1/2 scale) and keeps every vector close to the exact path's.
+#[test]
+fn fast_decode_is_close_to_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("jpegs");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut captions = String::new();
+    for i in 0..12u32 {
+        // Smooth gradients with an edge: photo-like content for the DCT.
+        let img = image::RgbImage::from_fn(160, 128, |x, y| {
+            let edge = if (x + 3 * i) % 70 < 35 { 60 } else { 0 };
+            image::Rgb([
+                (x * 255 / 160) as u8,
+                (y * 255 / 128) as u8,
+                ((i * 20) as u8).wrapping_add(edge),
+            ])
+        });
+        let name = format!("{i:02}.jpg");
+        img.save_with_format(data.join(&name), image::ImageFormat::Jpeg)
+            .unwrap();
+        captions.push_str(&format!(
+            "{{\"file\": \"{name}\", \"caption\": \"gradient {i}\"}}\n"
+        ));
+    }
+    std::fs::write(data.join("captions.jsonl"), captions).unwrap();
+    let exact_home = tmp.path().join("exact");
+    let arch = tmp.path().join("arch.json");
+    std::fs::write(&arch, ARCH).unwrap();
+    ok(cliptune(
+        &exact_home,
+        &[
+            "datasets",
+            "import",
+            data.to_str().unwrap(),
+            "--name",
+            "shapes",
+        ],
+    ));
+    ok(cliptune(
+        &exact_home,
+        &[
+            "models",
+            "create",
+            "--arch",
+            arch.to_str().unwrap(),
+            "--name",
+            "m",
+            "--seed",
+            "3",
+        ],
+    ));
+    let fast_home = tmp.path().join("fast");
+    copy_dir(&exact_home, &fast_home);
+    let mut args = EMBED.to_vec();
+    args.extend(["--precision", "fp32"]);
+    assert_eq!(ok(cliptune(&exact_home, &args))["embedded"], 12);
+    args.push("--fast-decode");
+    assert_eq!(ok(cliptune(&fast_home, &args))["embedded"], 12);
+    let (exact, fast) = (vectors(&exact_home), vectors(&fast_home));
+    assert_eq!(exact.len(), 12);
+    let mut differ = 0;
+    for ((ia, va), (ib, vb)) in exact.iter().zip(&fast) {
+        assert_eq!(ia, ib);
+        let cos: f32 = va.iter().zip(vb).map(|(x, y)| x * y).sum();
+        assert!(cos > 0.99, "{ia}: fast vs exact cosine {cos}");
+        differ += usize::from(va != vb);
+    }
+    assert!(
+        differ > 0,
+        "--fast-decode changed no vector: it did not engage"
+    );
 }

@@ -21,6 +21,14 @@ impl Codec {
         })
     }
 
+    /// JPEGs at least twice the input size decoded at reduced scale (libjpeg-turbo's DCT
+    /// scaling; see `cliptune_prep::Preprocessor::with_fast_decode`): faster, and no longer
+    /// PIL's exact pixels, so only where asked for.
+    pub fn with_fast_decode(mut self, fast: bool) -> Self {
+        self.preprocessor = self.preprocessor.with_fast_decode(fast);
+        self
+    }
+
     pub fn image_size(&self) -> usize {
         self.image_size
     }

@@ -27,6 +27,8 @@ struct State {
     samples_per_second: f64,
     training_samples: u64,
     embedded_items: u64,
+    /// Busy seconds of the embed node's stages (read, decode, device, write).
+    embed_stages: BTreeMap<String, f64>,
 }
 
 /// The worker's counters, gauges and histograms.
@@ -87,6 +89,16 @@ impl Metrics {
 
     pub fn add_embedded_items(&self, n: u64) {
         self.state.lock().expect("metrics lock").embedded_items += n;
+    }
+
+    pub fn add_embed_stage(&self, stage: &str, seconds: f64) {
+        *self
+            .state
+            .lock()
+            .expect("metrics lock")
+            .embed_stages
+            .entry(stage.to_string())
+            .or_default() += seconds;
     }
 
     pub fn training_rate(&self) -> f64 {
@@ -207,6 +219,18 @@ impl Metrics {
             "Items embedded by the embed node.",
         );
         let _ = writeln!(w, "cliptune_embedded_items_total {}", s.embedded_items);
+        header(
+            w,
+            "cliptune_embed_stage_seconds_total",
+            "counter",
+            "Busy seconds of the embed node's stages (the largest bounds the rate).",
+        );
+        for (stage, seconds) in &s.embed_stages {
+            let _ = writeln!(
+                w,
+                "cliptune_embed_stage_seconds_total{{stage=\"{stage}\"}} {seconds:.6}"
+            );
+        }
         header(
             w,
             "cliptune_searches_total",

@@ -244,6 +244,8 @@ async fn the_pipeline_runs_end_to_end_over_http() {
         "cliptune_requests_total{method=\"POST\",route=\"/pipelines/{id}/execute\",status=\"202\"} 2",
         "cliptune_queue_depth{lane=\"device\"} 0",
         "cliptune_training_samples_per_second 0",
+        "cliptune_embed_stage_seconds_total{stage=\"decode\"}",
+        "cliptune_embed_stage_seconds_total{stage=\"device\"}",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
@@ -398,6 +400,15 @@ async fn auth_body_limit_and_error_shapes() {
             "method_not_allowed",
             "",
         ),
+        (
+            auth(http.post(format!("{url}/create-model"))).json(&json!({
+                "base_model": s.base.id, "dataset": s.dataset.id,
+                "train_subset": {"filter": {"$bogus": 1}},
+            })),
+            422,
+            "validation",
+            "train_subset",
+        ),
         // Unknown entities are refused before anything is queued.
         (
             auth(http.post(format!("{url}/executions")))
@@ -501,14 +512,19 @@ async fn stalled_headers_are_cut_off() {
         let mut buf = Vec::new();
         // Without a header timeout this read never ends (the test's own limit fails it).
         let read = tokio::time::timeout(Duration::from_secs(15), c.read_to_end(&mut buf)).await;
-        assert!(read.is_ok(), "a stalled connection was still open after 15 s");
+        assert!(
+            read.is_ok(),
+            "a stalled connection was still open after 15 s"
+        );
         assert!(
             buf.is_empty() || buf.starts_with(b"HTTP/1.1 408"),
             "{}",
             String::from_utf8_lossy(&buf)
         );
     }
-    let r = reqwest::get(format!("{}/health", server.url)).await.unwrap();
+    let r = reqwest::get(format!("{}/health", server.url))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     server.stop().await;
 }

@@ -177,7 +177,8 @@ struct Prepared {
     codec: Arc<Codec>,
 }
 
-async fn prepare(dir: PathBuf) -> Result<Prepared> {
+/// `fast_decode`: the dataset node's `--fast-decode`; online queries always decode exactly.
+async fn prepare(dir: PathBuf, fast_decode: bool) -> Result<Prepared> {
     let config = checkpoint::inspect(&dir, &LoadOptions::default())?.config;
     if (config.text.vocab_size as usize) < cliptune_prep::VOCAB_SIZE {
         return Err(WorkerError::input(
@@ -189,8 +190,91 @@ async fn prepare(dir: PathBuf) -> Result<Prepared> {
             ),
         ));
     }
-    let codec = Arc::new(Codec::new(&config).map_err(WorkerError::from)?);
+    let codec = Arc::new(
+        Codec::new(&config)
+            .map_err(WorkerError::from)?
+            .with_fast_decode(fast_decode),
+    );
     Ok(Prepared { dir, config, codec })
+}
+
+/// Where a dataset embedding's time goes, stage by stage: reading (item pages and item
+/// bytes, downloads on a remote platform), decoding (decode + resize + tokenize, on all
+/// cores), the device, writing vectors. Reading and decoding run ahead of the device in
+/// their own task, so the stages overlap and the busiest one bounds the rate.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Stages {
+    pub read: Stage,
+    pub decode: Stage,
+    pub device: Stage,
+    pub write: Stage,
+}
+
+/// One stage: busy seconds and the items it handled.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Stage {
+    pub seconds: f64,
+    pub items: usize,
+}
+
+impl Stage {
+    fn add(&mut self, started: std::time::Instant, items: usize) {
+        self.seconds += started.elapsed().as_secs_f64();
+        self.items += items;
+    }
+
+    fn rate(&self) -> f64 {
+        self.items as f64 / self.seconds.max(1e-9)
+    }
+}
+
+impl Stages {
+    const NAMES: [&'static str; 4] = ["read", "decode", "device", "write"];
+
+    fn all(&self) -> [&Stage; 4] {
+        [&self.read, &self.decode, &self.device, &self.write]
+    }
+
+    /// The stage with the most busy time: the one that bounds the rate.
+    pub fn bottleneck(&self) -> &'static str {
+        let all = self.all();
+        let (i, _) = all.iter().enumerate().fold((0, -1.0), |best, (i, s)| {
+            if s.seconds > best.1 {
+                (i, s.seconds)
+            } else {
+                best
+            }
+        });
+        Self::NAMES[i]
+    }
+
+    /// `read 0.4 s (950/s), decode 3.1 s (120/s), ...` for progress lines.
+    pub fn summary(&self) -> String {
+        Self::NAMES
+            .iter()
+            .zip(self.all())
+            .map(|(name, s)| format!("{name} {:.1} s ({:.0}/s)", s.seconds, s.rate()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The JSON of the node's output: each stage's seconds and items per second, and the
+    /// bottleneck.
+    fn report(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        for (name, s) in Self::NAMES.iter().zip(self.all()) {
+            m.insert(
+                (*name).into(),
+                json!({
+                    "seconds": (s.seconds * 1000.0).round() / 1000.0,
+                    "items": s.items,
+                    "items_per_s": (s.rate() * 10.0).round() / 10.0,
+                }),
+            );
+        }
+        m.insert("bottleneck".into(), json!(self.bottleneck()));
+        Value::Object(m)
+    }
 }
 
 /// One item's model input.
@@ -208,6 +292,9 @@ struct Ready {
     existing: usize,
     /// Items matching the target (for the percentage).
     total: usize,
+    /// Reading and decoding time of this batch (and of the pages read for it).
+    read: Stage,
+    decode: Stage,
 }
 
 impl Ready {
@@ -219,6 +306,8 @@ impl Ready {
             failed,
             existing,
             total,
+            read: Stage::default(),
+            decode: Stage::default(),
         }
     }
 }
@@ -242,7 +331,7 @@ pub async fn run(input: EmbedInput, ctx: &NodeCtx) -> Result<Value> {
         format!("embedding with model {} ({})", model.name, model.id),
     );
     let dir = local_weights(ctx, &model).await?;
-    let prepared = Arc::new(prepare(dir).await?);
+    let prepared = Arc::new(prepare(dir, worker.config.fast_decode).await?);
     let set = platform
         .feature_set_for_model(&model.id, &model.name, prepared.config.embed_dim as u32)
         .await?;
@@ -259,10 +348,15 @@ pub async fn run(input: EmbedInput, ctx: &NodeCtx) -> Result<Value> {
     let precision = worker.embed_precision;
     let (mut embedded, mut existing, mut total) = (0usize, 0usize, 0usize);
     let mut failed: Vec<Value> = Vec::new();
+    let mut stages = Stages::default();
     let outcome: Result<()> = async {
         while let Some(ready) = rx.recv().await {
             ctx.check()?;
             let ready = ready?;
+            stages.read.seconds += ready.read.seconds;
+            stages.read.items += ready.read.items;
+            stages.decode.seconds += ready.decode.seconds;
+            stages.decode.items += ready.decode.items;
             existing = ready.existing;
             total = ready.total;
             failed.extend(ready.failed);
@@ -273,7 +367,9 @@ pub async fn run(input: EmbedInput, ctx: &NodeCtx) -> Result<Value> {
             let p = prepared.clone();
             // A batch of only progress (everything in it embedded or unreadable) needs no
             // model: a rerun over a finished dataset never loads the weights.
-            let (img, txt) = if pixels.is_empty() && ids.is_empty() {
+            let inputs = pixels.len() + ids.len();
+            let on_device = std::time::Instant::now();
+            let (img, txt) = if inputs == 0 {
                 (Vec::new(), Vec::new())
             } else {
                 worker
@@ -281,6 +377,9 @@ pub async fn run(input: EmbedInput, ctx: &NodeCtx) -> Result<Value> {
                     .run(move |dev| features(dev, &p.dir, &p.config, precision, pixels, ids))
                     .await??
             };
+            if inputs > 0 {
+                stages.device.add(on_device, inputs);
+            }
             let vectors: Vec<NewVector> = image_items
                 .iter()
                 .zip(img)
@@ -292,14 +391,17 @@ pub async fn run(input: EmbedInput, ctx: &NodeCtx) -> Result<Value> {
                 })
                 .collect();
             if !vectors.is_empty() {
+                let writing = std::time::Instant::now();
                 platform.upsert_vectors(&set.id, &vectors).await?;
+                stages.write.add(writing, vectors.len());
             }
             embedded += vectors.len();
             ctx.progress(
                 (2 + 97 * (embedded + existing + failed.len()) / total.max(1)).min(99) as u32,
                 format!(
-                    "{embedded} embedded, {existing} already embedded, {} failed of {total}",
-                    failed.len()
+                    "{embedded} embedded, {existing} already embedded, {} failed of {total}; {}",
+                    failed.len(),
+                    stages.summary()
                 ),
             );
         }
@@ -311,11 +413,16 @@ pub async fn run(input: EmbedInput, ctx: &NodeCtx) -> Result<Value> {
     let _ = reader.await;
     outcome?;
     worker.metrics.add_embedded_items(embedded as u64);
+    for (name, stage) in Stages::NAMES.iter().zip(stages.all()) {
+        worker.metrics.add_embed_stage(name, stage.seconds);
+    }
     ctx.progress(
         100,
         format!(
-            "{embedded} embedded, {existing} already embedded, {} failed",
-            failed.len()
+            "{embedded} embedded, {existing} already embedded, {} failed; {} (bottleneck: {})",
+            failed.len(),
+            stages.summary(),
+            stages.bottleneck()
         ),
     );
     Ok(json!({
@@ -326,6 +433,7 @@ pub async fn run(input: EmbedInput, ctx: &NodeCtx) -> Result<Value> {
         "embedded": embedded,
         "already_embedded": existing,
         "failed": failed,
+        "stages": stages.report(),
     }))
 }
 
@@ -342,8 +450,12 @@ async fn read_batches(
     let outcome: Result<()> = async {
         let mut pages = Pages::open(&platform, target, batch_size).await?;
         let (mut failed, mut existing, mut pending) = (Vec::new(), 0usize, Vec::new());
+        // Page reads are charged to the batch they feed.
+        let mut read = Stage::default();
         loop {
+            let reading = std::time::Instant::now();
             let page = pages.next(&platform, &set_id).await?;
+            read.add(reading, 0);
             existing += page.existing;
             failed.extend(page.failed);
             pending.extend(page.todo);
@@ -351,8 +463,9 @@ async fn read_batches(
                 let n = pending.len().min(batch_size);
                 let chunk: Vec<Item> = pending.drain(..n).collect();
                 let failed = std::mem::take(&mut failed);
-                let ready =
+                let mut ready =
                     decode_batch(&platform, &prepared, chunk, failed, existing, page.total).await?;
+                ready.read.seconds += std::mem::take(&mut read).seconds;
                 if tx.send(Ok(ready)).await.is_err() {
                     return Ok(());
                 }
@@ -471,6 +584,7 @@ async fn decode_batch(
     existing: usize,
     total: usize,
 ) -> Result<Ready> {
+    let (n, reading) = (items.len(), std::time::Instant::now());
     // The reads run concurrently: with a remote platform each one is a download.
     let reads: Vec<_> = items
         .into_iter()
@@ -489,6 +603,9 @@ async fn decode_batch(
                 .map_err(|e| WorkerError::Internal(format!("reading an item: {e}")))?,
         );
     }
+    let mut read = Stage::default();
+    read.add(reading, n);
+    let decoding = std::time::Instant::now();
     let codec = prepared.codec.clone();
     // Decoding and resizing are CPU work: keep them off the async threads.
     let decoded = tokio::task::spawn_blocking(move || {
@@ -505,6 +622,8 @@ async fn decode_batch(
     })
     .await
     .map_err(|e| WorkerError::Internal(format!("decoding batch: {e}")))?;
+    let mut decode = Stage::default();
+    decode.add(decoding, n);
     let mut images = Vec::new();
     let mut texts = Vec::new();
     for (item, input) in decoded {
@@ -520,6 +639,8 @@ async fn decode_batch(
         failed,
         existing,
         total,
+        read,
+        decode,
     })
 }
 
@@ -573,7 +694,7 @@ pub async fn embed_online(
     images: Vec<Vec<u8>>,
 ) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
     let dir = model_dir(worker, model).await?;
-    let prepared = Arc::new(prepare(dir).await?);
+    let prepared = Arc::new(prepare(dir, false).await?);
     let codec = prepared.codec.clone();
     let (pixels, ids) = tokio::task::spawn_blocking(move || {
         use rayon::prelude::*;
