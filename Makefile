@@ -29,13 +29,14 @@ build: setup
 run: build
 	scripts/demo.sh
 
-## Every test (unit, parity, integration, end to end), the browser test, the real dtlpy SDK
+## Every test (unit, parity, integration, end to end, and the browser test, which is the one
+## ignored test: one `cargo test` run, one compilation), the real dtlpy SDK
 ## against the fake Dataloop gate (tests/dataloop, in a venv), and the libtorch
 ## wheel fetch as a fresh machine does it (empty pip cache), so a warm cache hides nothing.
 test: check-test-tools setup
 	scripts/setup-libtorch.sh --check-fetch
-	$(CARGO) test --workspace
-	CARGO=$(CARGO) scripts/browser-test.sh
+	scripts/browser-test.sh --install
+	$(CARGO) test --workspace -- --include-ignored
 	CARGO=$(CARGO) scripts/dtlpy-test.sh
 
 ## The search page in headless Chromium (installs Debian's chromium when missing).

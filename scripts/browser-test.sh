@@ -3,6 +3,8 @@
 # scripts/browser-test.mjs against a real server on a temporary store.
 # Installs chromium with apt-get when it is missing (as root). Every step has a time limit.
 #   scripts/browser-test.sh            # BROWSER_TEST_SCREENSHOTS=DIR keeps PNGs of the pages
+#   scripts/browser-test.sh --install  # only check node and install chromium (make test then
+#                                      # runs the test inside its one `cargo test` run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v node >/dev/null; then
@@ -19,5 +21,5 @@ if [ ! -x /usr/bin/chromium ] && [ -z "${CHROMIUM:-}" ]; then
   timeout 600 apt-get update -qq
   timeout 900 apt-get install -y -qq chromium >/dev/null
 fi
-# --workspace: the same features as `cargo test --workspace`, so nothing is compiled twice.
-timeout 900 ${CARGO:-cargo} test --workspace --test browser -- --ignored
+[ "${1:-}" = "--install" ] && exit 0
+timeout 900 ${CARGO:-cargo} test -p cliptune-worker --test browser -- --ignored
