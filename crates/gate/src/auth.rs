@@ -13,6 +13,29 @@ pub(crate) fn token_route(st: &mut GateState, req: &mut Req, segs: &[&str]) -> O
     Some(token(st, req))
 }
 
+/// The agent's local proxy inside a Dataloop pod (`GET /get_jwt`, dtlpy's
+/// `_renew_token_in_dual_agent`): a fresh JWT of the project's user, `{"jwt": ...}`, living
+/// `proxy_token_ttl` seconds. With a `jwt_secret`, the `X-Get-Jwt-Secret` header must match.
+pub(crate) fn proxy_route(st: &mut GateState, req: &mut Req, segs: &[&str]) -> Option<R> {
+    if segs != ["get_jwt"] {
+        return None;
+    }
+    if req.method != "GET" {
+        return Some(Err(err(405, "the agent proxy serves GET /get_jwt")));
+    }
+    let r = req.no_body().and_then(|_| {
+        if let Some(secret) = &st.jwt_secret {
+            if req.jwt_secret.as_deref() != Some(secret.as_str()) {
+                return Err(err(401, "X-Get-Jwt-Secret is missing or wrong"));
+            }
+        }
+        st.proxy_fetches += 1;
+        let ttl = st.proxy_token_ttl;
+        Ok(ok(json!({"jwt": st.jwt_for(ttl)})))
+    });
+    Some(r)
+}
+
 pub(crate) fn route(st: &mut GateState, req: &mut Req, segs: &[&str]) -> Option<R> {
     let r = match (req.method.as_str(), segs) {
         // dtlpy's login_token / login_api_key check the token here.

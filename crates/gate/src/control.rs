@@ -31,6 +31,10 @@ pub(crate) async fn handle(state: &Shared, req: Request) -> Result<Response, Req
             "url": st.base, "host": st.host, "projectId": st.project_id,
             "projectName": PROJECT_NAME, "apiKey": st.api_key, "serviceId": st.service_id,
             "botUser": BOT_USER, "botPassword": BOT_PASSWORD,
+            // The agent proxy's base (DATALOOP_AGENT_PROXY_URL); its secret stays with
+            // whoever started the gate.
+            "agentProxyUrl": st.host, "jwtSecretRequired": st.jwt_secret.is_some(),
+            "proxyTokenTtl": st.proxy_token_ttl,
         }))),
         ("GET", "report") => {
             let calls: Vec<Value> = st

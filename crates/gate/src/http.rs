@@ -26,6 +26,8 @@ pub(crate) struct MPart {
 pub(crate) struct Req {
     pub(crate) method: String,
     pub(crate) query: String,
+    /// `X-Get-Jwt-Secret`, which only the agent proxy's `/get_jwt` reads.
+    pub(crate) jwt_secret: Option<String>,
     body: Option<ReqBody>,
 }
 
@@ -189,10 +191,16 @@ pub(crate) async fn handle(AxState(state): AxState<Shared>, req: Request) -> Res
     let mut req = Req {
         method: method.to_string(),
         query,
+        jwt_secret: headers
+            .get("x-get-jwt-secret")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from),
         body: Some(body),
     };
     let mut st = state.lock().unwrap();
-    let resp = if let Some(r) = auth::token_route(&mut st, &mut req, &segs) {
+    let resp = if let Some(r) = auth::token_route(&mut st, &mut req, &segs)
+        .or_else(|| auth::proxy_route(&mut st, &mut req, &segs))
+    {
         r.unwrap_or_else(|e| e)
     } else if let Some(rest) = segs.strip_prefix(&["api", "v1"]) {
         // Every REST call carries a valid bearer token.

@@ -6,6 +6,9 @@
 //! that drifts from the documented API fails its tests. Failures, delays, token expiry and
 //! clone latency can be injected to exercise retries and polling.
 //!
+//! It also plays the agent's local token proxy of a Dataloop pod (`GET /get_jwt` at its
+//! host, `X-Get-Jwt-Secret` checked when [`GateState::jwt_secret`] is set).
+//!
 //! Two clients are held to it: cliptune's `DataloopBackend` (crates/store/tests, in process)
 //! and the real `dtlpy` SDK (tests/dataloop, against the `cliptune-gate` binary). Requests no
 //! route knows are counted ([`FakeGate::unrecognised`], `GET /_gate/report`) so a test can
@@ -70,6 +73,12 @@ pub struct GateState {
     pub api_key: String,
     /// Lifetime of issued JWTs.
     pub token_ttl: u64,
+    /// `X-Get-Jwt-Secret` the agent proxy's `GET /get_jwt` requires (`None`: any request).
+    pub jwt_secret: Option<String>,
+    /// Lifetime of the agent proxy's JWTs; short ones make clients renew.
+    pub proxy_token_ttl: u64,
+    /// JWTs the agent proxy handed out.
+    pub proxy_fetches: u32,
     pub(crate) jwts: HashMap<String, u64>,
     pub(crate) refresh_tokens: HashSet<String>,
     pub logins: u32,
@@ -163,7 +172,11 @@ impl GateState {
     }
 
     pub(crate) fn jwt(&mut self) -> String {
-        let exp = now_secs() + self.token_ttl;
+        self.jwt_for(self.token_ttl)
+    }
+
+    pub(crate) fn jwt_for(&mut self, ttl: u64) -> String {
+        let exp = now_secs() + ttl;
         let n = self.id();
         let t = unsigned_jwt(exp, &n);
         self.jwts.insert(t.clone(), exp);
@@ -203,6 +216,9 @@ impl FakeGate {
             // About ten years: long-lived, as an API key is.
             api_key: unsigned_jwt(now_secs() + 315_360_000, "api-key"),
             token_ttl: 3600,
+            jwt_secret: None,
+            proxy_token_ttl: 3600,
+            proxy_fetches: 0,
             jwts: HashMap::new(),
             refresh_tokens: HashSet::new(),
             logins: 0,
@@ -288,6 +304,14 @@ impl FakeGate {
     /// API-key auth, fast retries.
     pub fn api_key_config(&self) -> DataloopConfig {
         self.config(DataloopAuth::ApiKey(self.api_key.clone()))
+    }
+
+    /// The agent proxy this gate serves at its host (`GET /get_jwt`), fast retries.
+    pub fn proxy_config(&self, secret: Option<&str>) -> DataloopConfig {
+        self.config(DataloopAuth::AgentProxy {
+            proxy_url: self.host.clone(),
+            secret: secret.map(String::from),
+        })
     }
 
     /// Bot login, fast retries.

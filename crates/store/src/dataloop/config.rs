@@ -20,7 +20,18 @@ pub enum DataloopAuth {
         token: String,
         refresh_token: Option<String>,
     },
+    /// Inside a Dataloop service (`DTLPY_REFRESH_TOKEN_METHOD=proxy`): JWTs from the agent's
+    /// local proxy, `GET <proxy_url>/get_jwt` with `X-Get-Jwt-Secret: <secret>` when one is
+    /// set, as dtlpy fetches them; fetched again before expiry and after a 401.
+    AgentProxy {
+        /// `http://localhost:<AGENT_PROXY_MAIN_PORT>` in a pod.
+        proxy_url: String,
+        secret: Option<String>,
+    },
 }
+
+/// The agent proxy's port when `AGENT_PROXY_MAIN_PORT` is not set (dtlpy's default).
+pub const DEFAULT_AGENT_PROXY_PORT: u16 = 1001;
 
 // Secrets stay out of logs and panics.
 impl fmt::Debug for DataloopAuth {
@@ -39,6 +50,11 @@ impl fmt::Debug for DataloopAuth {
                     "refresh_token",
                     &refresh_token.as_ref().map(|_| "<redacted>"),
                 )
+                .finish(),
+            Self::AgentProxy { proxy_url, secret } => f
+                .debug_struct("AgentProxy")
+                .field("proxy_url", proxy_url)
+                .field("secret", &secret.as_ref().map(|_| "<redacted>"))
                 .finish(),
         }
     }
@@ -111,10 +127,13 @@ impl DataloopConfig {
         }
     }
 
-    /// Reads `DATALOOP_PROJECT_ID` and one of `DATALOOP_API_KEY`,
-    /// `DATALOOP_BOT_USERNAME` + `DATALOOP_BOT_PASSWORD`, or `DATALOOP_TOKEN`
-    /// (+ optional `DATALOOP_REFRESH_TOKEN`); optional `DATALOOP_GATE_URL` and
-    /// `DATALOOP_SERVICE_ID`.
+    /// Reads `DATALOOP_PROJECT_ID` and the credentials: inside a Dataloop service
+    /// (`DTLPY_REFRESH_TOKEN_METHOD=proxy`) the agent proxy (`AGENT_PROXY_MAIN_PORT`,
+    /// `GET_JWT_ENDPOINT_SECRET`, or `DATALOOP_AGENT_PROXY_URL`), otherwise one of
+    /// `DATALOOP_API_KEY`, `DATALOOP_BOT_USERNAME` + `DATALOOP_BOT_PASSWORD`, or
+    /// `DATALOOP_TOKEN` (+ optional `DATALOOP_REFRESH_TOKEN`). The gate is
+    /// `INTERNAL_REQUESTS_URL` when set (as dtlpy), else `DATALOOP_GATE_URL`, else
+    /// production; optional `DATALOOP_SERVICE_ID`.
     pub fn from_env() -> Result<Self> {
         Self::from_lookup(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
     }
@@ -124,7 +143,9 @@ impl DataloopConfig {
         let project = get("DATALOOP_PROJECT_ID").ok_or_else(|| {
             StoreError::invalid("Dataloop configuration", "DATALOOP_PROJECT_ID is not set")
         })?;
-        let auth = if let Some(key) = get("DATALOOP_API_KEY") {
+        let auth = if get(REFRESH_METHOD).is_some_and(|m| m == "proxy") {
+            agent_proxy(&get)?
+        } else if let Some(key) = get("DATALOOP_API_KEY") {
             DataloopAuth::ApiKey(key)
         } else if let Some(username) = get("DATALOOP_BOT_USERNAME") {
             let password = get("DATALOOP_BOT_PASSWORD").ok_or_else(|| {
@@ -143,11 +164,14 @@ impl DataloopConfig {
             return Err(StoreError::invalid(
                 "Dataloop configuration",
                 "no credentials: set DATALOOP_API_KEY, DATALOOP_BOT_USERNAME and \
-                 DATALOOP_BOT_PASSWORD, or DATALOOP_TOKEN",
+                 DATALOOP_BOT_PASSWORD, or DATALOOP_TOKEN (inside a Dataloop service, \
+                 DTLPY_REFRESH_TOKEN_METHOD=proxy: the agent's proxy)",
             ));
         };
         let mut cfg = Self::new(project, auth);
-        if let Some(url) = get("DATALOOP_GATE_URL") {
+        // Inside a pod, dtlpy sends every request to INTERNAL_REQUESTS_URL (the cluster's
+        // own route to the gate) instead of the environment's public URL.
+        if let Some(url) = get("INTERNAL_REQUESTS_URL").or_else(|| get("DATALOOP_GATE_URL")) {
             cfg.gate_url = url;
         }
         cfg.service_id = get("DATALOOP_SERVICE_ID");
@@ -204,7 +228,28 @@ impl DataloopConfig {
             DataloopAuth::Token { token, .. } if token.trim().is_empty() => {
                 bad("token is empty".into())
             }
+            DataloopAuth::AgentProxy { proxy_url, .. }
+                if !(proxy_url.starts_with("http://") || proxy_url.starts_with("https://")) =>
+            {
+                bad(format!(
+                    "agent proxy URL {proxy_url:?} must start with http:// or https:// \
+                     (DATALOOP_AGENT_PROXY_URL)"
+                ))
+            }
+            DataloopAuth::AgentProxy {
+                secret: Some(s), ..
+            } if s.is_empty() => bad("GET_JWT_ENDPOINT_SECRET is empty".into()),
             _ => Ok(()),
+        }
+    }
+
+    /// `<proxy>/get_jwt` for [`DataloopAuth::AgentProxy`].
+    pub(crate) fn proxy_jwt_url(&self) -> Option<String> {
+        match &self.auth {
+            DataloopAuth::AgentProxy { proxy_url, .. } => {
+                Some(format!("{}/get_jwt", proxy_url.trim_end_matches('/')))
+            }
+            _ => None,
         }
     }
 
@@ -219,6 +264,39 @@ impl DataloopConfig {
         let host = base.strip_suffix("/api/v1").unwrap_or(&base);
         format!("{host}/token?default")
     }
+}
+
+/// dtlpy's switch to the agent proxy: set to `proxy` inside Dataloop services.
+const REFRESH_METHOD: &str = "DTLPY_REFRESH_TOKEN_METHOD";
+
+/// The agent proxy as dtlpy finds it (`http://localhost:$AGENT_PROXY_MAIN_PORT`, secret
+/// `GET_JWT_ENDPOINT_SECRET`); `DATALOOP_AGENT_PROXY_URL` replaces the URL (tests, or a
+/// proxy elsewhere).
+fn agent_proxy(get: &impl Fn(&str) -> Option<String>) -> Result<DataloopAuth> {
+    let proxy_url = match get("DATALOOP_AGENT_PROXY_URL") {
+        Some(url) => url,
+        None => {
+            let port = match get("AGENT_PROXY_MAIN_PORT") {
+                None => DEFAULT_AGENT_PROXY_PORT,
+                Some(p) => p
+                    .trim()
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| {
+                        StoreError::invalid(
+                            "Dataloop configuration",
+                            format!("AGENT_PROXY_MAIN_PORT must be a port number, got {p:?}"),
+                        )
+                    })?,
+            };
+            format!("http://localhost:{port}")
+        }
+    };
+    Ok(DataloopAuth::AgentProxy {
+        proxy_url,
+        secret: get("GET_JWT_ENDPOINT_SECRET"),
+    })
 }
 
 #[cfg(test)]
@@ -256,6 +334,60 @@ mod tests {
         .unwrap();
         assert!(!format!("{ok:?}").contains("secret-key"));
         assert_eq!(ok.model_app, None);
+    }
+
+    #[test]
+    fn env_inside_a_pod_uses_the_agent_proxy() {
+        let pod = |extra: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                [
+                    ("DATALOOP_PROJECT_ID", "p"),
+                    ("DTLPY_REFRESH_TOKEN_METHOD", "proxy"),
+                    // Ignored in a pod: the proxy's JWT is the service's identity.
+                    ("DATALOOP_API_KEY", "api-key-not-used"),
+                    ("DATALOOP_GATE_URL", "https://gate.example/api/v1"),
+                ]
+                .iter()
+                .chain(extra)
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+            }
+        };
+        let c = DataloopConfig::from_lookup(pod(&[])).unwrap();
+        match &c.auth {
+            DataloopAuth::AgentProxy { proxy_url, secret } => {
+                assert_eq!(proxy_url, "http://localhost:1001");
+                assert_eq!(secret, &None);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.gate_url, "https://gate.example/api/v1");
+        let c = DataloopConfig::from_lookup(pod(&[
+            ("AGENT_PROXY_MAIN_PORT", "1777"),
+            ("GET_JWT_ENDPOINT_SECRET", "proxy-secret-value"),
+            ("INTERNAL_REQUESTS_URL", "http://gate.internal/api/v1"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.proxy_jwt_url().as_deref(),
+            Some("http://localhost:1777/get_jwt")
+        );
+        assert_eq!(c.gate_url, "http://gate.internal/api/v1");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("proxy-secret-value"), "{shown}");
+        assert!(shown.contains("AgentProxy"), "{shown}");
+        let bad =
+            DataloopConfig::from_lookup(pod(&[("AGENT_PROXY_MAIN_PORT", "http")])).unwrap_err();
+        assert!(bad.to_string().contains("AGENT_PROXY_MAIN_PORT"), "{bad}");
+        // Outside a pod the method variable is absent: the API key as before.
+        let out = DataloopConfig::from_lookup(|k| match k {
+            "DATALOOP_PROJECT_ID" => Some("p".into()),
+            "DATALOOP_API_KEY" => Some("k".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert!(matches!(out.auth, DataloopAuth::ApiKey(_)));
+        assert_eq!(out.proxy_jwt_url(), None);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The HTTP side of the Dataloop backend: bearer tokens (API key, or bot login with refresh),
+//! The HTTP side of the Dataloop backend: bearer tokens (API key, bot login with refresh, or
+//! the agent proxy's JWT inside a Dataloop service),
 //! bounded retries with backoff, timeouts, and the mapping of HTTP answers to [`StoreError`].
 
 use super::config::{DataloopAuth, DataloopConfig};
@@ -57,6 +58,8 @@ pub(crate) struct Req {
     pub transfer: bool,
     /// Safe to resend after a timeout or a broken connection (GET, PATCH, DELETE, queries).
     pub idempotent: bool,
+    /// Extra headers (the agent proxy's secret); never logged.
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Req {
@@ -69,6 +72,7 @@ impl Req {
             target,
             transfer: false,
             idempotent,
+            headers: Vec::new(),
         }
     }
     pub fn get(path: impl Into<String>, target: Target) -> Self {
@@ -106,6 +110,8 @@ pub(crate) struct Gate {
     http: reqwest::Client,
     base: String,
     token_url: String,
+    /// `<agent proxy>/get_jwt` for [`DataloopAuth::AgentProxy`].
+    proxy_jwt_url: Option<String>,
     auth: DataloopAuth,
     request_timeout: Duration,
     transfer_timeout: Duration,
@@ -138,6 +144,7 @@ impl Gate {
             http,
             base: cfg.base_url(),
             token_url: cfg.token_url(),
+            proxy_jwt_url: cfg.proxy_jwt_url(),
             auth: cfg.auth.clone(),
             request_timeout: cfg.request_timeout,
             transfer_timeout: cfg.transfer_timeout,
@@ -312,6 +319,9 @@ impl Gate {
         if let Some(t) = bearer {
             b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
+        for (name, value) in &req.headers {
+            b = b.header(*name, value);
+        }
         Ok(match &req.body {
             Body::Empty => b,
             Body::Json(v) => b.json(v),
@@ -419,6 +429,13 @@ impl Gate {
             }
         }
         match &self.auth {
+            DataloopAuth::AgentProxy { secret, .. } => {
+                let jwt = self.proxy_jwt(secret.as_deref()).await?;
+                tracing::debug!("Dataloop token fetched from the agent proxy");
+                t.exp = jwt_exp(&jwt);
+                t.jwt = Some(jwt.clone());
+                Ok(jwt)
+            }
             DataloopAuth::Bot { username, password } => {
                 let body = json!({
                     "username": username,
@@ -439,6 +456,65 @@ impl Gate {
                     .into(),
             )),
         }
+    }
+
+    /// `GET <agent proxy>/get_jwt` (as dtlpy's `_renew_token_in_dual_agent`): `{"jwt": ...}`.
+    /// Errors name the variables that locate and open the proxy.
+    async fn proxy_jwt(&self, secret: Option<&str>) -> Result<String> {
+        let url = self.proxy_jwt_url.as_deref().unwrap_or_default();
+        let mut req = Req::get("/get_jwt", Target::new("token", "agent proxy"));
+        if let Some(s) = secret {
+            req.headers.push(("X-Get-Jwt-Secret", s.to_string()));
+        }
+        const WHERE: &str = "AGENT_PROXY_MAIN_PORT (default 1001) or DATALOOP_AGENT_PROXY_URL";
+        let resp = match self.attempt_loop(url, &req, None).await {
+            Ok(r) => r,
+            Err(Failure::Status {
+                status, message, ..
+            }) if matches!(status.as_u16(), 401 | 403) => {
+                return Err(StoreError::Unauthorized(format!(
+                    "the Dataloop agent proxy at {url} refused the token request (HTTP {}: \
+                     {message}); check GET_JWT_ENDPOINT_SECRET ({})",
+                    status.as_u16(),
+                    if secret.is_some() { "set" } else { "not set" }
+                )))
+            }
+            Err(Failure::Status {
+                status,
+                message,
+                attempts,
+            }) => {
+                return Err(StoreError::Unavailable(format!(
+                    "the Dataloop agent proxy at {url} answered HTTP {} after {attempts} \
+                     attempt{}: {message} (check {WHERE})",
+                    status.as_u16(),
+                    plural(attempts)
+                )))
+            }
+            Err(Failure::Network {
+                message, attempts, ..
+            }) => {
+                return Err(StoreError::Unavailable(format!(
+                    "cannot reach the Dataloop agent proxy at {url} ({message}, after {attempts} \
+                     attempt{}): check {WHERE}; outside a Dataloop service, unset \
+                     DTLPY_REFRESH_TOKEN_METHOD and use DATALOOP_API_KEY or a bot",
+                    plural(attempts)
+                )))
+            }
+            Err(Failure::Local(e)) => return Err(e),
+        };
+        let v: Value = resp.json().await.map_err(|e| StoreError::Remote {
+            status: 200,
+            message: format!("the Dataloop agent proxy at {url}: answer is not JSON: {e}"),
+        })?;
+        v.get("jwt")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .ok_or_else(|| StoreError::Remote {
+                status: 200,
+                message: format!("the Dataloop agent proxy at {url}: answer has no \"jwt\""),
+            })
     }
 
     /// POST to `<gate host>/token?default`: `(id_token, refresh_token)`.

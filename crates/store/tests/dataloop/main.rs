@@ -8,6 +8,7 @@ use fake_gate::FakeGate;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
+mod agent_proxy;
 mod features;
 mod items;
 mod models;
