@@ -72,6 +72,14 @@ pub struct TrainConfig {
     pub max_bad_fraction: f64,
     /// Share held out for validation when the data has no `subset` column.
     pub validation_fraction: f64,
+    /// The file, next to cliptune's own, that holds `{"model_state_dict": ...}` as Dataloop's
+    /// CLIP adapter saves and loads it; a plain file name.
+    #[serde(default = "adapter_weights")]
+    pub weights_filename: String,
+}
+
+fn adapter_weights() -> String {
+    cliptune_clip::checkpoint::ADAPTER_WEIGHTS.to_string()
 }
 
 impl Default for TrainConfig {
@@ -103,6 +111,7 @@ impl Default for TrainConfig {
             lr_layer_decay: 1.0,
             max_bad_fraction: 0.05,
             validation_fraction: 0.1,
+            weights_filename: adapter_weights(),
         }
     }
 }
@@ -135,6 +144,7 @@ pub const KEYS: &[&str] = &[
     "lr_layer_decay",
     "max_bad_fraction",
     "validation_fraction",
+    "weights_filename",
 ];
 
 /// A validated config and the warnings found while reading it.
@@ -344,6 +354,9 @@ impl TrainConfig {
                 ));
             }
         }
+        if let Some(v) = get("weights_filename") {
+            c.weights_filename = weights_filename(v)?;
+        }
         if !c.lock_image_tower && c.lock_image_unlocked_layers > 0 {
             warnings.push(
                 "`lock_image_unlocked_layers` has no effect without `lock_image_tower`".into(),
@@ -502,6 +515,35 @@ fn string(v: &Value, key: &str) -> Result<String> {
     })
 }
 
+/// A plain file name: the file is written into the model's artifact folder, so a path
+/// could land outside it, and one of cliptune's own names would overwrite that file.
+fn weights_filename(v: &Value) -> Result<String> {
+    let key = "weights_filename";
+    let name = string(v, key)?;
+    let own = [
+        cliptune_clip::checkpoint::NATIVE_CONFIG,
+        cliptune_clip::checkpoint::NATIVE_WEIGHTS,
+        crate::report::JSON,
+        crate::report::HTML,
+        crate::trainer::CONFIG_FILE,
+    ];
+    let why = if name.trim().is_empty() {
+        Some("must not be empty")
+    } else if name.contains(['/', '\\']) || name == "." || name.contains("..") {
+        Some("must be a plain file name, without `/`, `\\` or `..`")
+    } else if name.starts_with('.') || name.chars().any(char::is_control) {
+        Some("must be a plain file name, not hidden and without control characters")
+    } else if own.contains(&name.as_str()) {
+        Some("names one of cliptune's own files")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(TrainError::config(key, format!("{why}, got {name:?}"))),
+        None => Ok(name),
+    }
+}
+
 /// The known key closest to a typo (edit distance <= 2).
 fn suggest(key: &str) -> Option<&'static str> {
     fn distance(a: &str, b: &str) -> usize {
@@ -623,6 +665,33 @@ mod tests {
             assert_eq!(key_of(err), key, "{value}");
         }
         assert!(TrainConfig::from_layers(&[&json!([1, 2])]).is_err());
+    }
+
+    #[test]
+    fn weights_filename_is_a_plain_file_name() {
+        assert_eq!(TrainConfig::default().weights_filename, "best.pt");
+        let c = parse(json!({"weights_filename": "clip_weights.pth"}))
+            .unwrap()
+            .config;
+        assert_eq!(c.weights_filename, "clip_weights.pth");
+        for bad in [
+            json!("../best.pt"),
+            json!("weights/best.pt"),
+            json!("/tmp/best.pt"),
+            json!("..\\best.pt"),
+            json!(".."),
+            json!(""),
+            json!(".hidden.pt"),
+            json!("model.safetensors"),
+            json!("clip_config.json"),
+            json!("train_config.json"),
+            json!(7),
+        ] {
+            let err = parse(json!({ "weights_filename": bad.clone() }))
+                .expect_err(&format!("{bad} must be rejected"));
+            assert!(err.to_string().contains("weights_filename"), "{bad}: {err}");
+            assert_eq!(key_of(err), "weights_filename", "{bad}");
+        }
     }
 
     #[test]

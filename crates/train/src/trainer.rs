@@ -77,10 +77,13 @@ pub enum Event<'a> {
     Warning(&'a str),
 }
 
+/// The training config, as run, beside the trained weights.
+pub const CONFIG_FILE: &str = "train_config.json";
+
 /// The result of a run.
 pub struct Outcome {
-    /// Native checkpoint directory of the trained model, with `report.json`, `report.html`
-    /// and `train_config.json` beside the weights.
+    /// Native checkpoint directory of the trained model, with `report.json`, `report.html`,
+    /// `train_config.json` and the adapter's `best.pt` (`weights_filename`) beside the weights.
     pub model_dir: PathBuf,
     pub run_dir: PathBuf,
     pub report: RunReport,
@@ -89,7 +92,13 @@ pub struct Outcome {
 /// Identifies a run: base model, config and pair list. `--resume` continues the run with the
 /// same key.
 pub fn run_key(base: &Path, config: &TrainConfig, source: &Source) -> String {
-    let mut text = format!("{}\n{}\n", base.display(), config.to_json());
+    // The adapter file's name changes no weight, so a run resumes under any name (and runs
+    // begun before the key existed keep their key).
+    let mut config = config.to_json();
+    if let Some(o) = config.as_object_mut() {
+        o.remove("weights_filename");
+    }
+    let mut text = format!("{}\n{}\n", base.display(), config);
     for p in &source.pairs {
         text.push_str(&format!(
             "{}\t{}\t{}\n",
@@ -444,6 +453,9 @@ pub fn run(job: Job, observer: &mut dyn FnMut(Event<'_>), cancel: &AtomicBool) -
         std::fs::remove_dir_all(&model_dir).map_err(|e| TrainError::io(&model_dir, e))?;
     }
     checkpoint::save(&clip, &model_dir)?;
+    // The same weights as Dataloop's CLIP adapter keeps them, so either side can load a
+    // model the other trained; cliptune's own files win when both are present.
+    checkpoint::save_model_state_dict(&clip, &model_dir.join(&cfg.weights_filename))?;
     let report = RunReport {
         base_model: job.base_name.clone(),
         device: cliptune_clip::device_name(job.device),
@@ -459,7 +471,7 @@ pub fn run(job: Job, observer: &mut dyn FnMut(Event<'_>), cancel: &AtomicBool) -
     };
     report::write(&model_dir, &report)?;
     checkpoint::write_atomic(
-        &model_dir.join("train_config.json"),
+        &model_dir.join(CONFIG_FILE),
         &serde_json::to_vec_pretty(&cfg.to_json()).expect("json"),
     )?;
     Ok(Outcome {

@@ -47,6 +47,37 @@ fn same_weights(a: &Path, b: &Path, filter: impl Fn(&str) -> bool) -> bool {
         .all(|((_, x), (_, y))| x.equal(&y))
 }
 
+/// The adapter's `best.pt` beside the native files holds the same model: equal weights and
+/// embeddings, read with the architecture the adapter's `model_name` would give (a state
+/// dict does not record the head count or the activation); the folder itself still reads
+/// as cliptune's own format.
+fn same_model_in_best_pt(native: &cliptune_clip::Clip, dir: &Path) {
+    assert_eq!(checkpoint::detect(dir).unwrap(), checkpoint::Format::Native);
+    let options = LoadOptions {
+        activation: None,
+        config: Some(native.config().clone()),
+    };
+    let adapter = checkpoint::load(&dir.join("best.pt"), Device::Cpu, &options).unwrap();
+    let theirs = adapter.var_store().variables();
+    for (name, t) in native.var_store().variables() {
+        assert!(t.equal(&theirs[&name]), "{name} differs");
+    }
+    let size = native.config().vision.image_size;
+    let pixels = Tensor::randn([2, 3, size, size], (Kind::Float, Device::Cpu));
+    let ids = Tensor::arange(
+        native.config().text.context_length,
+        (Kind::Int64, Device::Cpu),
+    )
+    .remainder(native.config().text.vocab_size)
+    .view([1, -1]);
+    let a = native.image_features(&pixels, true).unwrap();
+    let b = adapter.image_features(&pixels, true).unwrap();
+    assert!(a.equal(&b), "image embeddings differ");
+    let a = native.text_features(&ids, true).unwrap();
+    let b = adapter.text_features(&ids, true).unwrap();
+    assert!(a.equal(&b), "text embeddings differ");
+}
+
 #[test]
 fn trains_keeps_best_epoch_and_reports() {
     tch::set_num_threads(1);
@@ -117,9 +148,11 @@ fn trains_keeps_best_epoch_and_reports() {
         "report.html",
         "train_config.json",
         "clip_config.json",
+        "best.pt",
     ] {
         assert!(out.model_dir.join(f).is_file(), "{f}");
     }
+    same_model_in_best_pt(&clip, &out.model_dir);
     let html = std::fs::read_to_string(out.model_dir.join("report.html")).unwrap();
     assert!(html.contains("<svg") && html.contains("polyline"));
 }

@@ -28,6 +28,48 @@ async fn poll(http: &reqwest::Client, url: &str, id: &str) -> Value {
     }
 }
 
+/// A trained model's artifacts carry Dataloop's adapter file (`best.pt`, the default
+/// `weights_filename`) beside cliptune's own, and it holds the same model: read alone (with
+/// the architecture the adapter's `model_name` gives: a state dict does not record the head
+/// count or the activation), it embeds exactly as the native files.
+async fn same_model_in_best_pt(store: &dyn Platform, model_id: &str) {
+    use cliptune_clip::{checkpoint, LoadOptions};
+    use tch::{Device, Kind, Tensor};
+    let model = store.get_model(model_id).await.unwrap();
+    let paths: Vec<&str> = model.artifacts.iter().map(|a| a.path.as_str()).collect();
+    for f in ["best.pt", "clip_config.json", "model.safetensors"] {
+        assert!(paths.contains(&f), "{f} not among {paths:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    store
+        .download_artifacts(model_id, dir.path())
+        .await
+        .unwrap();
+    // Both formats present: the folder loads as cliptune's own.
+    assert_eq!(
+        checkpoint::detect(dir.path()).unwrap(),
+        checkpoint::Format::Native
+    );
+    let native = checkpoint::load(dir.path(), Device::Cpu, &LoadOptions::default()).unwrap();
+    let options = LoadOptions {
+        activation: None,
+        config: Some(native.config().clone()),
+    };
+    let adapter = checkpoint::load(&dir.path().join("best.pt"), Device::Cpu, &options).unwrap();
+    let size = native.config().vision.image_size;
+    let pixels = Tensor::randn([3, 3, size, size], (Kind::Float, Device::Cpu));
+    let a = native.image_features(&pixels, true).unwrap();
+    let b = adapter.image_features(&pixels, true).unwrap();
+    assert!(a.equal(&b), "image embeddings differ");
+    let context = native.config().text.context_length;
+    let ids = Tensor::arange(context, (Kind::Int64, Device::Cpu))
+        .remainder(native.config().text.vocab_size)
+        .view([1, -1]);
+    let a = native.text_features(&ids, true).unwrap();
+    let b = adapter.text_features(&ids, true).unwrap();
+    assert!(a.equal(&b), "text embeddings differ");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_runs_end_to_end_over_http() {
     let s = fx::store(40).await;
@@ -113,6 +155,7 @@ async fn the_pipeline_runs_end_to_end_over_http() {
     assert_eq!(model.status, ModelStatus::Trained);
     assert_eq!(model.base_model_id.as_deref(), Some(s.base.id.as_str()));
     assert!(!model.artifacts.is_empty());
+    same_model_in_best_pt(s.store.as_ref(), &new_id).await;
     assert!(
         !s.store.list_metrics(&new_id).await.unwrap().is_empty(),
         "epoch metrics published"
@@ -408,6 +451,16 @@ async fn auth_body_limit_and_error_shapes() {
             422,
             "validation",
             "train_subset",
+        ),
+        // The adapter file is written into the model's folder: a path is refused at creation.
+        (
+            auth(http.post(format!("{url}/create-model"))).json(&json!({
+                "base_model": s.base.id, "dataset": s.dataset.id,
+                "model_config": {"weights_filename": "../best.pt"},
+            })),
+            422,
+            "validation",
+            "weights_filename",
         ),
         // Unknown entities are refused before anything is queued.
         (

@@ -72,10 +72,16 @@ impl CreateModelInput {
                 )),
             }
         };
+        let config = optional_object(&map, &["model_config", "config"])?;
+        // A config training would refuse (e.g. a `weights_filename` with a path) is refused
+        // at creation, before a model exists.
+        if let Some(c) = &config {
+            cliptune_train::TrainConfig::from_map(c)?;
+        }
         Ok(Self {
             base_model: entity_ref(base, "base_model", &["model_id"])?,
             dataset: entity_ref(dataset, "dataset", &["dataset_id"])?,
-            config: optional_object(&map, &["model_config", "config"])?,
+            config,
             train_subset: filter("train_subset")?,
             validation_subset: filter("validation_subset")?,
             name: text("name")?,
