@@ -515,6 +515,15 @@ fn string(v: &Value, key: &str) -> Result<String> {
     })
 }
 
+/// Checks the `weights_filename` of a config layer alone (model creation checks it before a
+/// model exists; the other keys are checked when training reads the merged config).
+pub fn check_weights_filename(layer: &Map<String, Value>) -> Result<()> {
+    match layer.get("weights_filename").filter(|v| !v.is_null()) {
+        Some(v) => weights_filename(v).map(drop),
+        None => Ok(()),
+    }
+}
+
 /// A plain file name: the file is written into the model's artifact folder, so a path
 /// could land outside it, and one of cliptune's own names would overwrite that file.
 fn weights_filename(v: &Value) -> Result<String> {
@@ -687,11 +696,16 @@ mod tests {
             json!("train_config.json"),
             json!(7),
         ] {
-            let err = parse(json!({ "weights_filename": bad.clone() }))
-                .expect_err(&format!("{bad} must be rejected"));
+            let layer = json!({ "weights_filename": bad.clone() });
+            let err = parse(layer.clone()).expect_err(&format!("{bad} must be rejected"));
             assert!(err.to_string().contains("weights_filename"), "{bad}: {err}");
             assert_eq!(key_of(err), "weights_filename", "{bad}");
+            let alone = check_weights_filename(layer.as_object().unwrap()).unwrap_err();
+            assert_eq!(key_of(alone), "weights_filename", "{bad}");
         }
+        // Alone, the other keys are left to training.
+        let layer = json!({"weights_filename": "w.pt", "learning_rate": -1.0});
+        check_weights_filename(layer.as_object().unwrap()).unwrap();
     }
 
     #[test]

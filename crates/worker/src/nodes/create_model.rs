@@ -73,10 +73,10 @@ impl CreateModelInput {
             }
         };
         let config = optional_object(&map, &["model_config", "config"])?;
-        // A config training would refuse (e.g. a `weights_filename` with a path) is refused
-        // at creation, before a model exists.
+        // The adapter file is written into the model's folder: a path is refused before a
+        // model exists (the other keys are checked when training reads the merged config).
         if let Some(c) = &config {
-            cliptune_train::TrainConfig::from_map(c)?;
+            cliptune_train::config::check_weights_filename(c)?;
         }
         Ok(Self {
             base_model: entity_ref(base, "base_model", &["model_id"])?,
