@@ -30,9 +30,10 @@ def gate_binary():
 class Gate:
     """A running cliptune-gate process and its side door (/_gate/...)."""
 
-    def __init__(self):
+    def __init__(self, *args):
+        """`args`: more flags of the binary (e.g. `--jwt-secret S`)."""
         self.log = open(os.path.join(_STATE, f"gate-{time.monotonic_ns()}.log"), "w+")
-        self.proc = subprocess.Popen([gate_binary(), "--addr", "127.0.0.1:0"],
+        self.proc = subprocess.Popen([gate_binary(), "--addr", "127.0.0.1:0", *args],
                                      stdout=subprocess.PIPE, stderr=self.log, text=True)
         line = self.proc.stdout.readline().strip()
         if not line.startswith("http://"):
