@@ -132,7 +132,11 @@ async fn the_pipeline_runs_end_to_end_over_http() {
         .find(|n| n["functionName"] == "embed-items")
         .unwrap();
     assert_eq!(embed["output"]["embedded"], 40, "{embed}");
-    assert_eq!(embed["input"]["model"]["model_id"], json!(new_id), "{embed}");
+    assert_eq!(
+        embed["input"]["model"]["model_id"],
+        json!(new_id),
+        "{embed}"
+    );
     assert_eq!(embed["output"]["items"].as_array().unwrap().len(), 40);
     assert_eq!(embed["output"]["json"].as_array().unwrap().len(), 40);
     let set = embed["output"]["feature_set_id"].as_str().unwrap();

@@ -247,7 +247,9 @@ fn the_manifest_has_the_real_templates_structure() {
 }
 
 /// name -> (inputs, outputs) of a module's functions, as (name, type) pairs.
-fn functions(module: &Value) -> Vec<(String, Vec<(String, String)>, Vec<(String, String)>)> {
+type Ports = Vec<(String, String)>;
+
+fn functions(module: &Value) -> Vec<(String, Ports, Ports)> {
     module["functions"]
         .as_array()
         .unwrap()
@@ -265,7 +267,11 @@ fn functions(module: &Value) -> Vec<(String, Vec<(String, String)>, Vec<(String,
                     })
                     .collect()
             };
-            (f["name"].as_str().unwrap().to_string(), io("input"), io("output"))
+            (
+                f["name"].as_str().unwrap().to_string(),
+                io("input"),
+                io("output"),
+            )
         })
         .collect()
 }
@@ -341,7 +347,12 @@ fn output_ports(m: &Value, function: &str) -> BTreeSet<String> {
         .unwrap()
         .iter()
         .flat_map(|md| md["functions"].as_array().unwrap().iter())
-        .filter(|f| Function::parse(f["name"].as_str().unwrap()).unwrap().as_str() == function)
+        .filter(|f| {
+            Function::parse(f["name"].as_str().unwrap())
+                .unwrap()
+                .as_str()
+                == function
+        })
         .flat_map(|f| f["output"].as_array().unwrap().iter())
         .map(|p| p["name"].as_str().unwrap().to_string())
         .collect()
@@ -444,7 +455,12 @@ async fn cliptunes_engine_runs_the_manifest_end_to_end() {
         p.variable("Newest CLIP model").unwrap().value,
         json!(new_id)
     );
-    let summary = run.output["nodes"].as_array().unwrap().last().unwrap().clone();
+    let summary = run.output["nodes"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
     assert_eq!(summary["name"], "Embeddings");
     assert_eq!(summary["output"]["embedded"], 24, "{summary}");
     worker.shutdown().await;

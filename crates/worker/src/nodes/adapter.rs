@@ -189,8 +189,10 @@ mod tests {
 
     #[test]
     fn items_in_every_form_dtlpy_sends() {
-        let i = EmbedItemsInput::parse(&json!({"items": [{"item_id": "a"}, "b"], "model": {"model_id": "m"}}))
-            .unwrap();
+        let i = EmbedItemsInput::parse(
+            &json!({"items": [{"item_id": "a"}, "b"], "model": {"model_id": "m"}}),
+        )
+        .unwrap();
         assert_eq!(i.items, ["a", "b"]);
         assert_eq!(i.model.as_deref(), Some("m"));
         let one = EmbedItemsInput::parse(&json!({"items": {"item_id": "a"}})).unwrap();

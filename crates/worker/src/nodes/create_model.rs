@@ -46,8 +46,8 @@ impl CreateModelInput {
             Value::Null => json!({}),
             v => v.clone(),
         };
-        let raw: Raw =
-            serde_json::from_value(input).map_err(|e| WorkerError::input("input", e.to_string()))?;
+        let raw: Raw = serde_json::from_value(input)
+            .map_err(|e| WorkerError::input("input", e.to_string()))?;
         let base = raw
             .base_model
             .ok_or_else(|| WorkerError::input("base_model", "missing"))?;
