@@ -310,7 +310,8 @@ pub async fn run(input: RunInput, ctx: &NodeCtx) -> Result<Value> {
                 node_name(embed)
             ),
         );
-        runs.push(run_branch(ctx, &pipeline.id, storage, embed, &earlier).await?);
+        let share = (100 * step / steps) as u32..(100 * (step + 1) / steps) as u32;
+        runs.push(run_branch(ctx, &pipeline.id, storage, embed, &earlier, share).await?);
     }
     let after = platform.get_pipeline(&pipeline.id).await?;
     let variables_after: Map<String, Value> = after
@@ -421,6 +422,7 @@ async fn run_branch(
     storage: &Value,
     embed: &Value,
     earlier: &[cliptune_store::Execution],
+    share: std::ops::Range<u32>,
 ) -> Result<NodeRun> {
     let platform = ctx.worker.platform().clone();
     let variables = platform.get_pipeline(pipeline_id).await?.variables;
@@ -458,6 +460,7 @@ async fn run_branch(
     let function = Function::EmbedItems;
     let (mut embedded, mut already, mut failed) = (0u64, 0u64, Vec::new());
     let (mut executions, mut feature_set) = (Vec::new(), Value::Null);
+    let chunks = ids.len().div_ceil(BRANCH_ITEMS);
     for (k, chunk) in ids.chunks(BRANCH_ITEMS).enumerate() {
         ctx.check()?;
         let items: Vec<Value> = chunk.iter().map(|id| json!({"item_id": id})).collect();
@@ -480,8 +483,9 @@ async fn run_branch(
         failed.extend(out["failed"].as_array().cloned().unwrap_or_default());
         feature_set = out["feature_set_id"].clone();
         executions.push(execution.id.clone());
+        let done = (share.end - share.start) as usize * (k + 1) / chunks;
         ctx.progress(
-            99,
+            share.start + done as u32,
             format!(
                 "{name}: {} of {} items ({} executions)",
                 ((k + 1) * BRANCH_ITEMS).min(ids.len()),
