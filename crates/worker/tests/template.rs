@@ -6,7 +6,9 @@
 
 mod pipeline_fixture;
 
-use cliptune_store::{Execution, ExecutionQuery, ExecutionStatus, Platform};
+use cliptune_store::{
+    Execution, ExecutionPipeline, ExecutionQuery, ExecutionStatus, NewExecution, Platform,
+};
 use cliptune_worker::{pipeline, Function, Worker};
 use pipeline_fixture as fx;
 use serde_json::{json, Value};
@@ -555,5 +557,125 @@ async fn embed_dataset_with_filters_and_embed_items() {
         let err = worker.submit(f, bad.clone(), None).await.unwrap_err();
         assert!(err.to_string().contains(field), "{bad}: {err}");
     }
+    worker.shutdown().await;
+}
+
+/// Copies `e` as a node execution of run `run_id`, finished as it finished.
+async fn copy_node(s: &fx::Store, e: &Execution, run_id: &str, input: Value) -> Execution {
+    let mut pipeline = e.pipeline.clone().unwrap();
+    pipeline.execution_id = Some(run_id.to_string());
+    let copy = s
+        .store
+        .create_execution(NewExecution {
+            function_name: e.function_name.clone(),
+            service_name: None,
+            pipeline: Some(pipeline),
+            input,
+        })
+        .await
+        .unwrap();
+    s.store
+        .finish_execution(
+            &copy.id,
+            ExecutionStatus::Success,
+            Some(e.output.clone()),
+            None,
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_run_reuses_the_branch_executions_that_finished() {
+    let s = fx::store(12).await;
+    let worker = fx::worker(&s, fx::config()).await;
+    let vars = [
+        ("Dataset with captions".to_string(), json!("shapes")),
+        ("Base CLIP model".to_string(), json!("tiny-base")),
+        (
+            "Model config".to_string(),
+            json!({"num_epochs": 1, "batch_size": 4, "eval_batch_size": 4}),
+        ),
+    ];
+    let first = pipeline::execute(&worker, "CLIP Fine-tuning", &vars)
+        .await
+        .unwrap();
+    let first = wait(&worker, first).await;
+    assert_eq!(first.status, ExecutionStatus::Success, "{first:?}");
+    worker.shutdown().await;
+    drop(worker);
+    let mut done = s
+        .store
+        .list_executions(&ExecutionQuery {
+            pipeline_execution_id: Some(first.id.clone()),
+            ..ExecutionQuery::default()
+        })
+        .await
+        .unwrap();
+    done.reverse();
+    // What a killed process leaves: runs that never started whose nodes ran, in one
+    // all of them, in the other all but the branch's batch (its items differ).
+    let left = |s: &fx::Store| {
+        let store = s.store.clone();
+        let pid = s.pipeline.id.clone();
+        async move {
+            store
+                .create_execution(NewExecution {
+                    function_name: "pipeline".into(),
+                    service_name: None,
+                    pipeline: Some(ExecutionPipeline {
+                        id: pid.clone(),
+                        node_id: None,
+                        execution_id: None,
+                    }),
+                    input: json!({"pipeline_id": pid}),
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let (whole, partial) = (left(&s).await, left(&s).await);
+    let mut copied = Vec::new();
+    for e in &done {
+        copied.push(copy_node(&s, e, &whole.id, e.input.clone()).await.id);
+        let mut input = e.input.clone();
+        if e.function_name == "embed-items" {
+            input["items"] = json!([input["items"][0].clone()]);
+        }
+        copy_node(&s, e, &partial.id, input).await;
+    }
+    let worker = fx::worker(&s, fx::config()).await;
+    let nodes_of = |run: String| {
+        let store = s.store.clone();
+        async move {
+            store
+                .list_executions(&ExecutionQuery {
+                    pipeline_execution_id: Some(run),
+                    ..ExecutionQuery::default()
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let whole = wait(&worker, whole).await;
+    assert_eq!(whole.status, ExecutionStatus::Success, "{whole:?}");
+    let mut ids: Vec<String> = nodes_of(whole.id.clone())
+        .await
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    ids.reverse();
+    assert_eq!(ids, copied, "nothing ran again");
+    let branch = whole.output["nodes"].as_array().unwrap().last().unwrap();
+    assert_eq!(branch["output"]["executions"], json!([copied[3]]));
+    // The batch whose items differ runs again, finding every item embedded.
+    let partial = wait(&worker, partial).await;
+    assert_eq!(partial.status, ExecutionStatus::Success, "{partial:?}");
+    let nodes = nodes_of(partial.id.clone()).await;
+    assert_eq!(nodes.len(), 5, "{nodes:?}");
+    let rerun = &nodes[0];
+    assert_eq!(rerun.function_name, "embed-items");
+    assert_eq!(rerun.input["items"].as_array().unwrap().len(), 12);
+    assert_eq!(rerun.output["already_embedded"], 12, "{rerun:?}");
     worker.shutdown().await;
 }
