@@ -29,6 +29,7 @@ fn optional_ref(value: Option<&Value>, field: &str, key: &str) -> Result<Option<
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawItems {
+    #[serde(alias = "item_ids")]
     items: Value,
     #[serde(default)]
     model: Option<Value>,
@@ -74,6 +75,8 @@ impl EmbedItemsInput {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDataset {
+    // `dataset_id`: what `embed_dataset` took when it was an alias of `embed`.
+    #[serde(alias = "dataset_id")]
     dataset: Value,
     #[serde(default, alias = "filter")]
     filters: Option<Value>,
@@ -214,7 +217,8 @@ mod tests {
         let s = EmbedDatasetInput::parse(&json!({"dataset": "d", "filters": "{\"dir\": \"/a\"}"}))
             .unwrap();
         assert_eq!(s.filters, Some(json!({"dir": "/a"})));
-        let none = EmbedDatasetInput::parse(&json!({"dataset": "d", "filters": null})).unwrap();
+        let none = EmbedDatasetInput::parse(&json!({"dataset_id": "d", "filters": null})).unwrap();
+        assert_eq!(none.dataset, "d");
         assert!(none.filters.is_none());
         let err = EmbedDatasetInput::parse(&json!({"dataset": "d", "filters": {"$nope": 1}}))
             .unwrap_err();
