@@ -8,7 +8,7 @@ use clap::Subcommand;
 use cliptune_store::{
     Execution, ExecutionQuery, ExecutionStatus, LocalStore, NearestQuery, Platform,
 };
-use cliptune_worker::{pipeline, Worker, WorkerConfig};
+use cliptune_worker::{pipeline, Function, Worker, WorkerConfig};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -166,8 +166,9 @@ pub fn run(ctx: &Ctx, cmd: PipelineCommand) -> Result<()> {
                 let mut s = format!("{} ({})\nnodes:", p.name, p.id);
                 for n in &p.nodes {
                     s.push_str(&format!(
-                        "\n  {} [{}]",
+                        "\n  {} [{} {}]",
                         n["name"].as_str().unwrap_or("?"),
+                        n["type"].as_str().unwrap_or("?"),
                         n.pointer("/namespace/functionName")
                             .and_then(Value::as_str)
                             .unwrap_or("?")
@@ -221,7 +222,7 @@ fn execute(ctx: &Ctx, name: &str, vars: &[String], device: &str, batch: usize) -
                             if let Some(current) = nodes.last() {
                                 bar.set_position(u64::from(current.latest_status.percent_complete));
                                 bar.set_message(format!(
-                                    "{} ({}/4): {}",
+                                    "{} (execution {}): {}",
                                     current.function_name,
                                     nodes.len(),
                                     current.latest_status.message.clone().unwrap_or_default()
@@ -269,7 +270,13 @@ fn summarize(run: &Execution, nodes: &[Execution], took: Duration) -> Value {
     };
     let train = out("train");
     let update = out("update-variable");
-    let embed = out("embed");
+    // The embedding branch runs as several executions; the run's output sums them up.
+    let embed = run.output["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["function"] == Function::EmbedItems.as_str())
+        .map_or(Value::Null, |n| n["output"].clone());
     json!({
         "execution_id": run.id,
         "pipeline": run.output.get("pipeline").cloned().unwrap_or(Value::Null),
@@ -284,7 +291,7 @@ fn summarize(run: &Execution, nodes: &[Execution], took: Duration) -> Value {
             "message": n.latest_status.message,
             "error": n.latest_status.error,
         })).collect::<Vec<_>>(),
-        "new_model": out("create-model").pointer("/model/model_id").cloned().unwrap_or(Value::Null),
+        "new_model": out("create-model").pointer("/new_model/model_id").cloned().unwrap_or(Value::Null),
         "newest_model": {
             "variable": update.get("variable").cloned().unwrap_or(json!("Newest CLIP model")),
             "old": update.get("old_value").cloned().unwrap_or(Value::Null),

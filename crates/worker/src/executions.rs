@@ -30,7 +30,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, watch, Notify};
 
-/// The functions a worker serves (the template's nodes, plus pipeline runs).
+/// The functions a worker serves: the template's nodes, the model adapter's functions
+/// (`train_model` is [`Function::Train`]; `embed_items`, `embed_dataset`), pipeline runs.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, utoipa::ToSchema,
 )]
@@ -39,17 +40,24 @@ pub enum Function {
     CreateModel,
     Train,
     UpdateVariable,
+    /// cliptune's own embedding node: a dataset (`filter`) or a list of items, counts out.
     Embed,
+    /// The adapter's `embed_items(items)`: the items and their vectors out.
+    EmbedItems,
+    /// The adapter's `embed_dataset(dataset, filters)`.
+    EmbedDataset,
     /// A pipeline run: drives the node executions in order.
     Pipeline,
 }
 
 impl Function {
-    pub const ALL: [Function; 5] = [
+    pub const ALL: [Function; 7] = [
         Self::CreateModel,
         Self::Train,
         Self::UpdateVariable,
         Self::Embed,
+        Self::EmbedItems,
+        Self::EmbedDataset,
         Self::Pipeline,
     ];
 
@@ -59,11 +67,14 @@ impl Function {
             Self::Train => "train",
             Self::UpdateVariable => "update-variable",
             Self::Embed => "embed",
+            Self::EmbedItems => "embed-items",
+            Self::EmbedDataset => "embed-dataset",
             Self::Pipeline => "pipeline",
         }
     }
 
-    /// Our names, plus the ones Dataloop's CLIP adapter and template use.
+    /// Our names, plus the ones dataloop.json's modules, Dataloop's CLIP adapter and its
+    /// template use (`create_model`, `train_model`, `embed_items`, `embed_dataset`, ...).
     pub fn parse(name: &str) -> Result<Self> {
         let n = name.trim().to_ascii_lowercase().replace('_', "-");
         Ok(match n.as_str() {
@@ -72,7 +83,9 @@ impl Function {
             "update-variable" | "update-newest-model" | "update-model-variable" => {
                 Self::UpdateVariable
             }
-            "embed" | "embed-dataset" | "embed-items" | "extract-features" => Self::Embed,
+            "embed" | "extract-features" => Self::Embed,
+            "embed-items" => Self::EmbedItems,
+            "embed-dataset" => Self::EmbedDataset,
             "pipeline" | "run-pipeline" | "execute-pipeline" => Self::Pipeline,
             _ => return Err(WorkerError::UnknownFunction(name.to_string())),
         })
@@ -81,7 +94,7 @@ impl Function {
     fn lane(self) -> Option<Lane> {
         match self {
             Self::Train => Some(Lane::Device),
-            Self::Embed => Some(Lane::Embed),
+            Self::Embed | Self::EmbedItems | Self::EmbedDataset => Some(Lane::Embed),
             _ => None,
         }
     }
@@ -92,7 +105,12 @@ impl Function {
     pub fn idempotent(self) -> bool {
         matches!(
             self,
-            Self::Train | Self::UpdateVariable | Self::Embed | Self::Pipeline
+            Self::Train
+                | Self::UpdateVariable
+                | Self::Embed
+                | Self::EmbedItems
+                | Self::EmbedDataset
+                | Self::Pipeline
         )
     }
 }

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod nodes;
 pub mod pipeline;
 pub mod search;
+pub mod template;
 
 pub use config::{Backend, WorkerConfig};
 pub use error::{Result, WorkerError};

@@ -1,11 +1,13 @@
 //! The app manifest (`dataloop.json`), installing its pipeline template into a platform,
-//! and running a pipeline: one execution per node, in connection order.
+//! and running a pipeline: one execution per node, in connection order, then the
+//! embedding branches (see [`crate::template`] and [`BRANCH_ITEMS`]).
 //!
 //! A run is itself an execution (function `pipeline`) whose node executions carry
 //! `pipeline.executionId = <run id>`. A node's inputs come, in this order, from the
-//! connection into its port (the upstream node's output of that name), from the pipeline
-//! variable the port names (read when the node starts, so the embed node sees the
-//! "Newest CLIP model" the update step just set), or from the port's default value.
+//! connection into its port (the upstream node's output of that port's name), from the
+//! pipeline variable the port names (read when the node starts), or from the port's
+//! default value. An embedding branch reads its dataset and model variables when it
+//! starts, so it embeds with the "Newest CLIP model" the update step just set.
 //! A resumed run (after a restart) reuses the outputs of nodes that already succeeded.
 
 use crate::error::{Result, WorkerError};
@@ -15,220 +17,15 @@ use crate::nodes::{
     NEWEST_MODEL_VARIABLE,
 };
 use cliptune_store::{
-    ExecutionPipeline, ExecutionQuery, ExecutionStatus, NewPipeline, Pipeline, Platform, Variable,
-    VariableUpdate,
+    ExecutionPipeline, ExecutionQuery, ExecutionStatus, ItemQuery, NewPipeline, Pipeline, Platform,
+    Variable, VariableUpdate,
 };
 use serde::Serialize;
 use serde_json::{json, Map, Value};
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::path::Path;
+use std::collections::HashMap;
 
-/// The committed manifest, so that `pipeline install` works without a file at hand.
-pub const BUILTIN_MANIFEST: &str = include_str!("../../../dataloop.json");
-
-/// A pipeline template of the manifest, checked.
-#[derive(Debug, Clone)]
-pub struct Template {
-    pub name: String,
-    pub nodes: Vec<Value>,
-    pub connections: Vec<Value>,
-    pub start_nodes: Vec<Value>,
-    pub variables: Vec<Variable>,
-}
-
-/// Reads `components.pipelineTemplates[]` of a manifest and checks each template.
-pub fn templates(manifest: &Value) -> Result<Vec<Template>> {
-    let list = manifest
-        .pointer("/components/pipelineTemplates")
-        .and_then(Value::as_array)
-        .ok_or_else(|| {
-            WorkerError::input("manifest", "has no components.pipelineTemplates list")
-        })?;
-    list.iter().map(template).collect()
-}
-
-/// Reads a manifest file (or the built-in one for `None`).
-pub fn read_manifest(path: Option<&Path>) -> Result<Value> {
-    let text = match path {
-        Some(p) => std::fs::read_to_string(p)
-            .map_err(|e| WorkerError::input("manifest", format!("{}: {e}", p.display())))?,
-        None => BUILTIN_MANIFEST.to_string(),
-    };
-    serde_json::from_str(&text).map_err(|e| {
-        WorkerError::input(
-            "manifest",
-            format!(
-                "{} is not JSON: {e}",
-                path.map_or("the built-in manifest".into(), |p| p.display().to_string())
-            ),
-        )
-    })
-}
-
-fn template(t: &Value) -> Result<Template> {
-    let name = t
-        .get("name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| WorkerError::input("pipelineTemplates[].name", "missing"))?
-        .to_string();
-    let field = |k: &str| -> Result<Vec<Value>> {
-        match t.get(k) {
-            Some(Value::Array(a)) => Ok(a.clone()),
-            None => Ok(Vec::new()),
-            Some(_) => Err(WorkerError::input(format!("{name}.{k}"), "must be a list")),
-        }
-    };
-    let nodes = field("nodes")?;
-    let connections = field("connections")?;
-    let start_nodes = field("startNodes")?;
-    let variables: Vec<Variable> = serde_json::from_value(Value::Array(field("variables")?))
-        .map_err(|e| WorkerError::input(format!("{name}.variables"), e.to_string()))?;
-    let template = Template {
-        name,
-        nodes,
-        connections,
-        start_nodes,
-        variables,
-    };
-    check(&template)?;
-    Ok(template)
-}
-
-/// Every node runs a known function; connections and start nodes name existing nodes and
-/// ports; ports name existing variables; the graph has no cycle.
-fn check(t: &Template) -> Result<()> {
-    let names: HashSet<&str> = t.variables.iter().map(|v| v.name.as_str()).collect();
-    let mut ports: HashSet<(String, String)> = HashSet::new();
-    for node in &t.nodes {
-        let id = node_id(node)?;
-        function_of(node)?;
-        for io in ["inputs", "outputs"] {
-            for port in node.get(io).and_then(Value::as_array).into_iter().flatten() {
-                let pid = port.get("portId").and_then(Value::as_str).ok_or_else(|| {
-                    WorkerError::input(
-                        format!("node {id}"),
-                        format!("an entry of {io} has no portId"),
-                    )
-                })?;
-                port.get("name").and_then(Value::as_str).ok_or_else(|| {
-                    WorkerError::input(format!("node {id}"), format!("port {pid} has no name"))
-                })?;
-                if let Some(var) = port.get("variableName").and_then(Value::as_str) {
-                    if !names.contains(var) {
-                        return Err(WorkerError::input(
-                            format!("node {id}"),
-                            format!("port {pid} reads variable {var:?}, which the template does not declare"),
-                        ));
-                    }
-                }
-                ports.insert((id.to_string(), pid.to_string()));
-            }
-        }
-    }
-    for c in &t.connections {
-        for end in ["src", "tgt"] {
-            let n = c.pointer(&format!("/{end}/nodeId")).and_then(Value::as_str);
-            let p = c.pointer(&format!("/{end}/portId")).and_then(Value::as_str);
-            match (n, p) {
-                (Some(n), Some(p)) if ports.contains(&(n.to_string(), p.to_string())) => {}
-                _ => {
-                    return Err(WorkerError::input(
-                        "connections",
-                        format!("{end} of {c} does not name an existing node port"),
-                    ))
-                }
-            }
-        }
-    }
-    if t.start_nodes.is_empty() {
-        return Err(WorkerError::input(
-            format!("{}.startNodes", t.name),
-            "is empty",
-        ));
-    }
-    order(t)?;
-    Ok(())
-}
-
-fn node_id(node: &Value) -> Result<&str> {
-    node.get("id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| WorkerError::input("nodes[].id", "missing"))
-}
-
-fn node_name(node: &Value) -> String {
-    node.get("name")
-        .and_then(Value::as_str)
-        .unwrap_or_else(|| node_id(node).unwrap_or("?"))
-        .to_string()
-}
-
-fn function_of(node: &Value) -> Result<Function> {
-    let name = node
-        .pointer("/namespace/functionName")
-        .and_then(Value::as_str)
-        .ok_or_else(|| {
-            WorkerError::input(
-                format!("node {}", node_id(node).unwrap_or("?")),
-                "has no namespace.functionName",
-            )
-        })?;
-    Function::parse(name)
-}
-
-/// Node ids reachable from the start nodes, each after all its upstream nodes.
-fn order(t: &Template) -> Result<Vec<String>> {
-    let mut downstream: HashMap<String, Vec<String>> = HashMap::new();
-    let mut indegree: HashMap<String, usize> = HashMap::new();
-    for node in &t.nodes {
-        indegree.insert(node_id(node)?.to_string(), 0);
-    }
-    let mut edges = HashSet::new();
-    for c in &t.connections {
-        let s = c
-            .pointer("/src/nodeId")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let d = c
-            .pointer("/tgt/nodeId")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        if edges.insert((s.to_string(), d.to_string())) {
-            downstream.entry(s.into()).or_default().push(d.into());
-            *indegree.entry(d.into()).or_default() += 1;
-        }
-    }
-    let mut queue: VecDeque<String> = t
-        .start_nodes
-        .iter()
-        .filter_map(|s| s.get("nodeId").and_then(Value::as_str))
-        .map(String::from)
-        .collect();
-    for s in &queue {
-        if !indegree.contains_key(s) {
-            return Err(WorkerError::input("startNodes", format!("no node {s:?}")));
-        }
-    }
-    let mut out = Vec::new();
-    while let Some(n) = queue.pop_front() {
-        out.push(n.clone());
-        for d in downstream.get(&n).cloned().unwrap_or_default() {
-            let e = indegree.get_mut(&d).expect("known node");
-            *e -= 1;
-            if *e == 0 {
-                queue.push_back(d);
-            }
-        }
-    }
-    let reachable_unrun = indegree.iter().any(|(n, d)| *d > 0 && !out.contains(n));
-    if reachable_unrun && out.len() < t.nodes.len() {
-        return Err(WorkerError::input(
-            format!("{}.connections", t.name),
-            "form a cycle (or a node waits on one that never runs)",
-        ));
-    }
-    Ok(out)
-}
+use crate::template::{check, node_id, node_name, plan, step_of, Step};
+pub use crate::template::{read_manifest, templates, Template, BUILTIN_MANIFEST};
 
 /// Result of installing a template.
 #[derive(Debug, Serialize)]
@@ -422,15 +219,22 @@ struct NodeRun {
     node_id: String,
     name: String,
     function: &'static str,
-    execution_id: String,
+    /// The node's execution (an embedding branch's last; none for an empty dataset).
+    execution_id: Option<String>,
     status: &'static str,
     output: Value,
 }
 
-/// Drives a run: each node as its own execution, waiting for one before the next.
+/// Items per execution of an embedding branch. Dataloop runs its Embeddings node once per
+/// item; cliptune batches the items the storage node would emit into `embed-items`
+/// executions of this many, so the model loads once per batch of device batches and a
+/// resumed run redoes at most one of them.
+pub const BRANCH_ITEMS: usize = 512;
+
+/// Drives a run: each node as its own execution, waiting for one before the next; then
+/// the embedding branches.
 pub async fn run(input: RunInput, ctx: &NodeCtx) -> Result<Value> {
-    let worker = &ctx.worker;
-    let platform = worker.platform().clone();
+    let platform = ctx.worker.platform().clone();
     let pipeline = platform.resolve_pipeline(&input.pipeline).await?;
     let template = Template {
         name: pipeline.name.clone(),
@@ -439,7 +243,7 @@ pub async fn run(input: RunInput, ctx: &NodeCtx) -> Result<Value> {
         start_nodes: pipeline.start_nodes.clone(),
         variables: pipeline.variables.clone(),
     };
-    let order = order(&template)?;
+    let plan = plan(&template)?;
     let by_id: HashMap<&str, &Value> = template
         .nodes
         .iter()
@@ -457,72 +261,57 @@ pub async fn run(input: RunInput, ctx: &NodeCtx) -> Result<Value> {
             ..ExecutionQuery::default()
         })
         .await?;
+    let steps = plan.main.len() + plan.branches.len();
     let mut outputs: HashMap<String, Value> = HashMap::new();
     let mut runs: Vec<NodeRun> = Vec::new();
-    for (i, id) in order.iter().enumerate() {
+    for (i, id) in plan.main.iter().enumerate() {
         ctx.check()?;
         let node = by_id[id.as_str()];
-        let function = function_of(node)?;
+        let Step::Run(function) = step_of(node)? else {
+            unreachable!("plan() keeps storage nodes out of the main flow")
+        };
         let name = node_name(node);
         ctx.progress(
-            (100 * i / order.len()) as u32,
-            format!("node {}/{}: {name}", i + 1, order.len()),
+            (100 * i / steps) as u32,
+            format!("node {}/{steps}: {name}", i + 1),
         );
         let existing = earlier
             .iter()
             .find(|e| e.pipeline.as_ref().and_then(|p| p.node_id.as_deref()) == Some(id));
         let execution = match existing {
-            Some(e) if e.status == ExecutionStatus::Success => e.clone(),
-            Some(e) if !e.status.is_terminal() => wait_node(ctx, &e.id).await?,
-            Some(e) => e.clone(),
+            Some(e) => resume(ctx, e).await?,
             None => {
                 let variables = platform.get_pipeline(&pipeline.id).await?.variables;
                 let input = node_input(&template, node, &variables, &outputs)?;
-                let e = worker
-                    .submit(
-                        function,
-                        input,
-                        Some(ExecutionPipeline {
-                            id: pipeline.id.clone(),
-                            node_id: Some(id.clone()),
-                            execution_id: Some(ctx.execution_id.clone()),
-                        }),
-                    )
-                    .await?;
-                wait_node(ctx, &e.id).await?
+                submit(ctx, &pipeline.id, id, function, input).await?
             }
         };
         runs.push(NodeRun {
             node_id: id.clone(),
             name: name.clone(),
             function: function.as_str(),
-            execution_id: execution.id.clone(),
+            execution_id: Some(execution.id.clone()),
             status: execution.status.as_str(),
             output: execution.output.clone(),
         });
-        if execution.status != ExecutionStatus::Success {
-            let why = execution
-                .latest_status
-                .error
-                .clone()
-                .or(execution.latest_status.message.clone())
-                .unwrap_or_default();
-            if execution.status == ExecutionStatus::Aborted
-                || execution.status == ExecutionStatus::Canceled
-            {
-                return Err(WorkerError::Terminated(format!(
-                    "node {name:?} was terminated (execution {})",
-                    execution.id
-                )));
-            }
-            return Err(WorkerError::Internal(format!(
-                "node {name:?} ({}) ended {}: {why} (execution {})",
-                function.as_str(),
-                execution.status.as_str(),
-                execution.id
-            )));
-        }
+        succeeded(&execution, &name, function)?;
         outputs.insert(id.clone(), execution.output.clone());
+    }
+    for (i, branch) in plan.branches.iter().enumerate() {
+        ctx.check()?;
+        let step = plan.main.len() + i;
+        let (storage, embed) = (by_id[branch.storage.as_str()], by_id[branch.embed.as_str()]);
+        ctx.progress(
+            (100 * step / steps) as u32,
+            format!(
+                "node {}/{steps}: {} -> {}",
+                step + 1,
+                node_name(storage),
+                node_name(embed)
+            ),
+        );
+        let share = (100 * step / steps) as u32..(100 * (step + 1) / steps) as u32;
+        runs.push(run_branch(ctx, &pipeline.id, storage, embed, &earlier, share).await?);
     }
     let after = platform.get_pipeline(&pipeline.id).await?;
     let variables_after: Map<String, Value> = after
@@ -537,6 +326,191 @@ pub async fn run(input: RunInput, ctx: &NodeCtx) -> Result<Value> {
         "variables_before": variables_before,
         "variables_after": variables_after,
     }))
+}
+
+/// A node execution a resumed run finds: a finished one is reused, a running one awaited.
+async fn resume(ctx: &NodeCtx, e: &cliptune_store::Execution) -> Result<cliptune_store::Execution> {
+    if e.status.is_terminal() {
+        Ok(e.clone())
+    } else {
+        wait_node(ctx, &e.id).await
+    }
+}
+
+async fn submit(
+    ctx: &NodeCtx,
+    pipeline_id: &str,
+    node_id: &str,
+    function: Function,
+    input: Value,
+) -> Result<cliptune_store::Execution> {
+    let e = ctx
+        .worker
+        .submit(
+            function,
+            input,
+            Some(ExecutionPipeline {
+                id: pipeline_id.to_string(),
+                node_id: Some(node_id.to_string()),
+                execution_id: Some(ctx.execution_id.clone()),
+            }),
+        )
+        .await?;
+    wait_node(ctx, &e.id).await
+}
+
+/// A node that did not succeed ends the run, naming the node and its execution.
+fn succeeded(execution: &cliptune_store::Execution, name: &str, function: Function) -> Result<()> {
+    match execution.status {
+        ExecutionStatus::Success => Ok(()),
+        ExecutionStatus::Aborted | ExecutionStatus::Canceled => Err(WorkerError::Terminated(
+            format!("node {name:?} was terminated (execution {})", execution.id),
+        )),
+        status => {
+            let why = execution
+                .latest_status
+                .error
+                .clone()
+                .or(execution.latest_status.message.clone())
+                .unwrap_or_default();
+            Err(WorkerError::Internal(format!(
+                "node {name:?} ({}) ended {}: {why} (execution {})",
+                function.as_str(),
+                status.as_str(),
+                execution.id
+            )))
+        }
+    }
+}
+
+/// The entity a node's metadata variable (`variableDataset`, `variableModel`) holds now.
+fn variable_ref(
+    variables: &[Variable],
+    node: &Value,
+    key: &str,
+    default: &str,
+    field: &str,
+) -> Result<String> {
+    let var = node
+        .pointer(&format!("/metadata/{key}"))
+        .and_then(Value::as_str)
+        .unwrap_or(default);
+    let value = variables
+        .iter()
+        .find(|v| v.name == var)
+        .map(|v| v.value.clone())
+        .unwrap_or(Value::Null);
+    entity_ref(&value, field, &[field]).map_err(|_| {
+        WorkerError::input(
+            var,
+            format!(
+                "node {:?} reads this variable, which holds no {} (value {value})",
+                node_name(node),
+                field.trim_end_matches("_id")
+            ),
+        )
+    })
+}
+
+/// An embedding branch: the storage node's dataset (its variable, read now), every item
+/// it would emit (Dataloop's default item filter: files, not hidden), embedded in
+/// [`BRANCH_ITEMS`]-item `embed-items` executions with the model the embedding node's
+/// variable holds now ("Newest CLIP model", set by the update step of this run).
+async fn run_branch(
+    ctx: &NodeCtx,
+    pipeline_id: &str,
+    storage: &Value,
+    embed: &Value,
+    earlier: &[cliptune_store::Execution],
+    share: std::ops::Range<u32>,
+) -> Result<NodeRun> {
+    let platform = ctx.worker.platform().clone();
+    let variables = platform.get_pipeline(pipeline_id).await?.variables;
+    let dataset = variable_ref(
+        &variables,
+        storage,
+        "variableDataset",
+        DATASET_VARIABLE,
+        "dataset_id",
+    )?;
+    let model = variable_ref(
+        &variables,
+        embed,
+        "variableModel",
+        NEWEST_MODEL_VARIABLE,
+        "model_id",
+    )?;
+    let dataset = platform.resolve_dataset(&dataset).await?;
+    let model = platform.resolve_model(&model).await?;
+    let mut ids = Vec::new();
+    let mut query = ItemQuery {
+        filter: None,
+        page: 0,
+        page_size: cliptune_store::rules::MAX_PAGE_SIZE,
+    };
+    loop {
+        let page = platform.query_items(&dataset.id, &query).await?;
+        ids.extend(page.items.into_iter().map(|i| i.id));
+        if !page.has_next_page {
+            break;
+        }
+        query.page += 1;
+    }
+    let (embed_id, name) = (node_id(embed)?, node_name(embed));
+    let function = Function::EmbedItems;
+    let (mut embedded, mut already, mut failed) = (0u64, 0u64, Vec::new());
+    let (mut executions, mut feature_set) = (Vec::new(), Value::Null);
+    let chunks = ids.len().div_ceil(BRANCH_ITEMS);
+    for (k, chunk) in ids.chunks(BRANCH_ITEMS).enumerate() {
+        ctx.check()?;
+        let items: Vec<Value> = chunk.iter().map(|id| json!({"item_id": id})).collect();
+        let existing = earlier.iter().find(|e| {
+            e.pipeline.as_ref().and_then(|p| p.node_id.as_deref()) == Some(embed_id)
+                && e.input.get("items") == Some(&Value::Array(items.clone()))
+                && e.status != ExecutionStatus::Failed
+        });
+        let execution = match existing {
+            Some(e) => resume(ctx, e).await?,
+            None => {
+                let input = json!({"items": items, "model": {"model_id": model.id}});
+                submit(ctx, pipeline_id, embed_id, function, input).await?
+            }
+        };
+        succeeded(&execution, &name, function)?;
+        let out = &execution.output;
+        embedded += out["embedded"].as_u64().unwrap_or(0);
+        already += out["already_embedded"].as_u64().unwrap_or(0);
+        failed.extend(out["failed"].as_array().cloned().unwrap_or_default());
+        feature_set = out["feature_set_id"].clone();
+        executions.push(execution.id.clone());
+        let done = (share.end - share.start) as usize * (k + 1) / chunks;
+        ctx.progress(
+            share.start + done as u32,
+            format!(
+                "{name}: {} of {} items ({} executions)",
+                ((k + 1) * BRANCH_ITEMS).min(ids.len()),
+                ids.len(),
+                k + 1
+            ),
+        );
+    }
+    Ok(NodeRun {
+        node_id: embed_id.to_string(),
+        name,
+        function: function.as_str(),
+        execution_id: executions.last().cloned(),
+        status: ExecutionStatus::Success.as_str(),
+        output: json!({
+            "model": {"model_id": model.id},
+            "dataset": {"dataset_id": dataset.id},
+            "feature_set_id": feature_set,
+            "items": ids.len(),
+            "embedded": embedded,
+            "already_embedded": already,
+            "failed": failed,
+            "executions": executions,
+        }),
+    })
 }
 
 /// Waits for a node execution; terminating the run terminates the node.
@@ -554,7 +528,8 @@ async fn wait_node(ctx: &NodeCtx, id: &str) -> Result<cliptune_store::Execution>
     }
 }
 
-/// A node's input object: connections, then variables, then defaults.
+/// A node's input object: connections, then variables, then defaults, keyed by port name.
+/// The built-in `updateVariable` node's one port is named after the variable it sets.
 fn node_input(
     t: &Template,
     node: &Value,
@@ -613,6 +588,9 @@ fn node_input(
         } else {
             port.get("defaultValue").cloned().unwrap_or(Value::Null)
         };
+        if node.get("type").and_then(Value::as_str) == Some("updateVariable") {
+            return Ok(json!({"model": value, "variable": name}));
+        }
         if !value.is_null() {
             input.insert(name.to_string(), value);
         }
@@ -624,56 +602,8 @@ fn node_input(
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_committed_manifest_is_a_complete_template() {
-        let manifest = read_manifest(None).unwrap();
-        let all = templates(&manifest).unwrap();
-        let t = &all[0];
-        let vars: Vec<&str> = t.variables.iter().map(|v| v.name.as_str()).collect();
-        for v in [
-            DATASET_VARIABLE,
-            BASE_MODEL_VARIABLE,
-            NEWEST_MODEL_VARIABLE,
-            crate::nodes::CONFIG_VARIABLE,
-        ] {
-            assert!(vars.contains(&v), "template lacks variable {v:?}: {vars:?}");
-        }
-        let functions: Vec<&str> = order(t)
-            .unwrap()
-            .iter()
-            .map(|id| {
-                let n = t.nodes.iter().find(|n| node_id(n).unwrap() == id).unwrap();
-                function_of(n).unwrap().as_str()
-            })
-            .collect();
-        assert_eq!(
-            functions,
-            ["create-model", "train", "update-variable", "embed"]
-        );
-        for module_fn in ["train", "embed", "create-model", "update-variable"] {
-            let found = manifest["components"]["modules"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .flat_map(|m| m["functions"].as_array().unwrap().iter())
-                .any(|f| {
-                    Function::parse(f["name"].as_str().unwrap())
-                        .unwrap()
-                        .as_str()
-                        == module_fn
-                });
-            assert!(found, "no module function for {module_fn}");
-        }
-        let gpu = manifest["components"]["computeConfigs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| {
-                c["runtime"]["podType"]
-                    .as_str()
-                    .is_some_and(|p| p.contains("gpu"))
-            });
-        assert!(gpu, "no GPU compute config");
+    fn node<'a>(t: &'a Template, id: &str) -> &'a Value {
+        t.nodes.iter().find(|n| node_id(n).unwrap() == id).unwrap()
     }
 
     #[test]
@@ -684,37 +614,28 @@ mod tests {
         for v in &mut vars {
             v.value = json!(format!("value of {}", v.name));
         }
-        let order = order(t).unwrap();
-        let first = t
-            .nodes
-            .iter()
-            .find(|n| node_id(n).unwrap() == order[0])
-            .unwrap();
+        let main = plan(t).unwrap().main;
+        let first = node(t, &main[0]);
         let input = node_input(t, first, &vars, &HashMap::new()).unwrap();
         assert_eq!(input["base_model"], json!("value of Base CLIP model"));
         assert_eq!(input["dataset"], json!("value of Dataset with captions"));
-        let second = t
-            .nodes
-            .iter()
-            .find(|n| node_id(n).unwrap() == order[1])
-            .unwrap();
+        assert_eq!(input["model_configuration"], json!("value of Model config"));
+        assert!(
+            input["train_subset"]["filter"]["$and"].is_array(),
+            "{input}"
+        );
         let mut outs = HashMap::new();
-        outs.insert(order[0].clone(), json!({"model": {"model_id": "new"}}));
-        let input = node_input(t, second, &vars, &outs).unwrap();
-        assert_eq!(input["model"], json!({"model_id": "new"}));
-    }
-
-    #[test]
-    fn broken_templates_are_rejected_with_the_culprit() {
-        let mut manifest = read_manifest(None).unwrap();
-        let t = &mut manifest["components"]["pipelineTemplates"][0];
-        t["connections"][0]["tgt"]["portId"] = json!("nope");
-        let err = templates(&manifest).unwrap_err().to_string();
-        assert!(err.contains("connections"), "{err}");
-        let mut manifest = read_manifest(None).unwrap();
-        manifest["components"]["pipelineTemplates"][0]["nodes"][0]["namespace"]["functionName"] =
-            json!("fly");
-        let err = templates(&manifest).unwrap_err().to_string();
-        assert!(err.contains("fly"), "{err}");
+        outs.insert(
+            main[0].clone(),
+            json!({"new_model": {"model_id": "new"}, "base_model": {"model_id": "base"}}),
+        );
+        let input = node_input(t, node(t, &main[1]), &vars, &outs).unwrap();
+        assert_eq!(input, json!({"model": {"model_id": "new"}}));
+        outs.insert(main[1].clone(), json!({"model": {"model_id": "trained"}}));
+        let input = node_input(t, node(t, &main[2]), &vars, &outs).unwrap();
+        assert_eq!(
+            input,
+            json!({"model": {"model_id": "trained"}, "variable": NEWEST_MODEL_VARIABLE})
+        );
     }
 }

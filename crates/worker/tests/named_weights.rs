@@ -81,7 +81,7 @@ async fn an_artifactless_marketplace_model_trains_and_embeds_from_the_weights_di
     let worker = fx::worker(&s, config).await;
     let created = run(&worker, Function::CreateModel, create).await;
     assert_eq!(created.status, ExecutionStatus::Success, "{created:?}");
-    let model_id = created.output["model"]["model_id"]
+    let model_id = created.output["new_model"]["model_id"]
         .as_str()
         .unwrap()
         .to_string();

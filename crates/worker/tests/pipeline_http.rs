@@ -109,7 +109,8 @@ async fn the_pipeline_runs_end_to_end_over_http() {
     assert_eq!(var(&p, "Base CLIP model"), json!(s.base.id));
     assert_eq!(var(&p, "Newest CLIP model"), Value::Null);
 
-    // Run: 202 with the run execution, then four node executions in order.
+    // Run: 202 with the run execution, then the node executions in order (the embedding
+    // branch's 40 items fit one embed-items execution).
     let r = http
         .post(format!("{url}/pipelines/{pid}/execute"))
         .send()
@@ -134,7 +135,7 @@ async fn the_pipeline_runs_end_to_end_over_http() {
     functions.reverse();
     assert_eq!(
         functions,
-        ["create-model", "train", "update-variable", "embed"]
+        ["create-model", "train", "update-variable", "embed-items"]
     );
     assert!(nodes
         .iter()
@@ -169,8 +170,18 @@ async fn the_pipeline_runs_end_to_end_over_http() {
     assert_eq!(update["output"]["new_value"], json!(new_id));
     let p: Value = get_json(&http, format!("{url}/pipelines/{pid}")).await;
     assert_eq!(var(&p, "Newest CLIP model"), json!(new_id));
-    let embed = nodes.iter().find(|n| n["functionName"] == "embed").unwrap();
+    let embed = nodes
+        .iter()
+        .find(|n| n["functionName"] == "embed-items")
+        .unwrap();
     assert_eq!(embed["output"]["embedded"], 40, "{embed}");
+    assert_eq!(
+        embed["input"]["model"]["model_id"],
+        json!(new_id),
+        "{embed}"
+    );
+    assert_eq!(embed["output"]["items"].as_array().unwrap().len(), 40);
+    assert_eq!(embed["output"]["json"].as_array().unwrap().len(), 40);
     let set = embed["output"]["feature_set_id"].as_str().unwrap();
     assert_eq!(s.store.vector_entities(set, None).await.unwrap().len(), 40);
 
@@ -244,7 +255,7 @@ async fn the_pipeline_runs_end_to_end_over_http() {
     let failed_model = nodes2
         .iter()
         .find(|n| n["functionName"] == "create-model")
-        .unwrap()["output"]["model"]["model_id"]
+        .unwrap()["output"]["new_model"]["model_id"]
         .as_str()
         .unwrap()
         .to_string();

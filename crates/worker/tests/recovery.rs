@@ -173,7 +173,7 @@ async fn shutdown_checkpoints_training_and_the_next_process_resumes_it() {
         .unwrap();
     let created = first.wait(&created.id).await.unwrap();
     assert_eq!(created.status, ExecutionStatus::Success, "{created:?}");
-    let model_id = created.output["model"]["model_id"]
+    let model_id = created.output["new_model"]["model_id"]
         .as_str()
         .unwrap()
         .to_string();

@@ -1,10 +1,12 @@
 //! *Create New Model*: clones the base model into a new `created` model that points at the
 //! dataset, with the shallowly merged config and the train/validation subset filters.
+//! Outputs `new_model` and `base_model`, the template node's ports.
 
-use super::{entity_ref, object, optional_object, reject_unknown};
+use super::{entity_ref, optional_object};
 use crate::error::{Result, WorkerError};
 use crate::executions::NodeCtx;
 use cliptune_store::{CloneModel, Subsets};
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 #[derive(Debug, Clone)]
@@ -18,34 +20,45 @@ pub struct CreateModelInput {
     pub description: Option<String>,
 }
 
-const KNOWN: &[&str] = &[
-    "base_model",
-    "model",
-    "dataset",
-    "model_config",
-    "config",
-    "train_subset",
-    "validation_subset",
-    "name",
-    "description",
-];
+/// The ports of the template's *Create New Model* node (`model_configuration`), plus the
+/// names cliptune used before (`model_config`, `config`, `model`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    #[serde(alias = "model")]
+    base_model: Option<Value>,
+    dataset: Option<Value>,
+    #[serde(default, alias = "model_config", alias = "config")]
+    model_configuration: Option<Value>,
+    #[serde(default)]
+    train_subset: Option<Value>,
+    #[serde(default)]
+    validation_subset: Option<Value>,
+    #[serde(default)]
+    name: Option<Value>,
+    #[serde(default)]
+    description: Option<Value>,
+}
 
 impl CreateModelInput {
     pub fn parse(input: &Value) -> Result<Self> {
-        let map = object(input)?;
-        reject_unknown(&map, KNOWN)?;
-        let base = map
-            .get("base_model")
-            .or_else(|| map.get("model"))
+        let input = match input {
+            Value::Null => json!({}),
+            v => v.clone(),
+        };
+        let raw: Raw = serde_json::from_value(input)
+            .map_err(|e| WorkerError::input("input", e.to_string()))?;
+        let base = raw
+            .base_model
             .ok_or_else(|| WorkerError::input("base_model", "missing"))?;
-        let dataset = map
-            .get("dataset")
+        let dataset = raw
+            .dataset
             .ok_or_else(|| WorkerError::input("dataset", "missing"))?;
-        let filter = |name: &str| -> Result<Option<Value>> {
-            let subset = match map.get(name) {
+        let filter = |name: &str, given: Option<Value>| -> Result<Option<Value>> {
+            let subset = match given {
                 None | Some(Value::Null) => return Ok(None),
-                Some(v @ Value::Object(_)) => v.clone(),
-                Some(Value::String(s)) => serde_json::from_str::<Value>(s)
+                Some(v @ Value::Object(_)) => v,
+                Some(Value::String(s)) => serde_json::from_str::<Value>(&s)
                     .ok()
                     .filter(Value::is_object)
                     .ok_or_else(|| WorkerError::input(name, "must be a DQL filter object"))?,
@@ -62,8 +75,8 @@ impl CreateModelInput {
                 .map_err(|e| WorkerError::input(name, e.to_string()))?;
             Ok(Some(subset))
         };
-        let text = |name: &str| -> Result<Option<String>> {
-            match map.get(name) {
+        let text = |name: &str, given: Option<Value>| -> Result<Option<String>> {
+            match given {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.trim().to_string())),
                 Some(other) => Err(WorkerError::input(
@@ -72,20 +85,24 @@ impl CreateModelInput {
                 )),
             }
         };
-        let config = optional_object(&map, &["model_config", "config"])?;
+        let mut config = Map::new();
+        if let Some(c) = raw.model_configuration {
+            config.insert("model_configuration".into(), c);
+        }
+        let config = optional_object(&config, &["model_configuration"])?;
         // The adapter file is written into the model's folder: a path is refused before a
         // model exists (the other keys are checked when training reads the merged config).
         if let Some(c) = &config {
             cliptune_train::config::check_weights_filename(c)?;
         }
         Ok(Self {
-            base_model: entity_ref(base, "base_model", &["model_id"])?,
-            dataset: entity_ref(dataset, "dataset", &["dataset_id"])?,
+            base_model: entity_ref(&base, "base_model", &["model_id"])?,
+            dataset: entity_ref(&dataset, "dataset", &["dataset_id"])?,
             config,
-            train_subset: filter("train_subset")?,
-            validation_subset: filter("validation_subset")?,
-            name: text("name")?,
-            description: text("description")?,
+            train_subset: filter("train_subset", raw.train_subset)?,
+            validation_subset: filter("validation_subset", raw.validation_subset)?,
+            name: text("name", raw.name)?,
+            description: text("description", raw.description)?,
         })
     }
 }
@@ -120,10 +137,9 @@ pub async fn run(input: CreateModelInput, ctx: &NodeCtx) -> Result<Value> {
         )
         .await?;
     ctx.progress(100, format!("created model {} ({})", model.name, model.id));
+    // Keyed by the node's output ports.
     Ok(json!({
-        "model": {"model_id": model.id},
-        "name": model.name,
+        "new_model": {"model_id": model.id},
         "base_model": {"model_id": base.id},
-        "dataset": {"dataset_id": dataset.id},
     }))
 }

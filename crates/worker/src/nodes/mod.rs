@@ -5,6 +5,7 @@
 //! checks its whole input before doing anything ([`validate_input`]), so a bad input is a
 //! 422 at submission rather than a failed execution.
 
+pub mod adapter;
 mod create_model;
 pub mod embed;
 pub mod train;
@@ -14,6 +15,7 @@ use crate::error::{Result, WorkerError};
 use crate::executions::{Function, NodeCtx};
 use serde_json::{Map, Value};
 
+pub use adapter::{EmbedDatasetInput, EmbedItemsInput};
 pub use create_model::CreateModelInput;
 pub use embed::{EmbedInput, EmbedTarget};
 pub use train::TrainInput;
@@ -32,6 +34,8 @@ pub fn validate_input(function: Function, input: &Value) -> Result<()> {
         Function::Train => TrainInput::parse(input).map(drop),
         Function::UpdateVariable => UpdateVariableInput::parse(input).map(drop),
         Function::Embed => EmbedInput::parse(input).map(drop),
+        Function::EmbedItems => EmbedItemsInput::parse(input).map(drop),
+        Function::EmbedDataset => EmbedDatasetInput::parse(input).map(drop),
         Function::Pipeline => crate::pipeline::RunInput::parse(input).map(drop),
     }
 }
@@ -62,8 +66,12 @@ pub async fn check_refs(
                 platform.resolve_pipeline(p).await?;
             }
         }
-        Function::Embed => {
-            let i = EmbedInput::parse(input)?;
+        Function::Embed | Function::EmbedItems | Function::EmbedDataset => {
+            let i = match function {
+                Function::EmbedItems => EmbedItemsInput::parse(input)?.into(),
+                Function::EmbedDataset => EmbedDatasetInput::parse(input)?.into(),
+                _ => EmbedInput::parse(input)?,
+            };
             if let EmbedTarget::Dataset { id, .. } = &i.target {
                 platform.resolve_dataset(id).await?;
             }
@@ -88,6 +96,10 @@ pub async fn run(function: Function, input: &Value, ctx: &NodeCtx) -> Result<Val
             update_variable::run(UpdateVariableInput::parse(input)?, ctx).await
         }
         Function::Embed => embed::run(EmbedInput::parse(input)?, ctx).await,
+        Function::EmbedItems => adapter::embed_items(EmbedItemsInput::parse(input)?, ctx).await,
+        Function::EmbedDataset => {
+            adapter::embed_dataset(EmbedDatasetInput::parse(input)?, ctx).await
+        }
         Function::Pipeline => {
             crate::pipeline::run(crate::pipeline::RunInput::parse(input)?, ctx).await
         }

@@ -76,11 +76,14 @@ pub async fn run(input: UpdateVariableInput, ctx: &NodeCtx) -> Result<Value> {
         100,
         format!("{:?}: {} -> {}", input.variable, old, updated.value),
     );
-    Ok(json!({
+    let mut out = json!({
         "pipeline_id": pipeline.id,
         "variable": input.variable,
         "old_value": old,
         "new_value": updated.value,
         "model": {"model_id": model.id},
-    }))
+    });
+    // The template's built-in node names its output port after the variable.
+    out[&input.variable] = json!({"model_id": model.id});
+    Ok(out)
 }
