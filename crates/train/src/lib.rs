@@ -11,6 +11,7 @@ pub mod config;
 pub mod data;
 mod error;
 pub mod evaluate;
+pub mod feed;
 pub mod loader;
 pub mod loss;
 pub mod metrics;
