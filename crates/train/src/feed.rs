@@ -218,7 +218,7 @@ mod tests {
         let mut feed = Feed::start(4, 3, |j: u32| (j, j * 2)).unwrap();
         assert_eq!(feed.threads(), 4);
         let push = feed.pusher();
-        let producer = std::thread::spawn(move || (0..500).all(|j| push(j)));
+        let producer = std::thread::spawn(move || (0..500).all(push));
         let mut seen = HashSet::new();
         let mut got = 0;
         feed.finish();
@@ -256,7 +256,7 @@ mod tests {
         feed.finish();
         let mut consumed = 0;
         let mut worst = 0;
-        while let Some(_) = feed.recv() {
+        while feed.recv().is_some() {
             consumed += 1;
             std::thread::sleep(Duration::from_micros(300));
             // Beyond what was consumed: `capacity` results waiting, one in each thread's

@@ -25,4 +25,4 @@ pub use config::{LrSchedule, Precision, TrainConfig};
 pub use data::{BadPair, ImageFetcher, ImageSource, Pair, Source};
 pub use error::{Result, TrainError};
 pub use metrics::Metrics;
-pub use trainer::{run, Event, Job, Outcome, Phase, Progress};
+pub use trainer::{run, Event, Job, Outcome, Phase, Progress, Stage, Stages};

@@ -33,7 +33,8 @@ const DECODED_BATCHES: usize = 2;
 
 /// One item, ready for the device or failed.
 pub enum Decoded {
-    Ready(Item, Input),
+    /// Boxed: an item record is large and the queue holds many.
+    Ready(Box<Item>, Input),
     Failed(Value),
 }
 
@@ -222,7 +223,7 @@ fn decode(codec: &Codec, item: Item, raw: std::result::Result<RawInput, String>)
         RawInput::Text(text) => Ok(Input::Text(codec.tokens(&text))),
     });
     match input {
-        Ok(input) => Decoded::Ready(item, input),
+        Ok(input) => Decoded::Ready(Box::new(item), input),
         Err(reason) => Decoded::Failed(json!({"item_id": item.id, "reason": reason})),
     }
 }

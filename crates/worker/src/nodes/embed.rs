@@ -353,7 +353,7 @@ pub async fn run(input: EmbedInput, ctx: &NodeCtx) -> Result<Value> {
             let next = feed.decoded.recv().await;
             let end = next.is_none();
             match next {
-                Some(Decoded::Ready(item, input)) => batch.push((item, input)),
+                Some(Decoded::Ready(item, input)) => batch.push((*item, input)),
                 Some(Decoded::Failed(f)) => failed.push(f),
                 None => {}
             }
@@ -364,7 +364,8 @@ pub async fn run(input: EmbedInput, ctx: &NodeCtx) -> Result<Value> {
                     Note::Error(e) => return Err(e),
                 }
             }
-            if batch.len() < batch_size && !(end && !batch.is_empty()) {
+            let full = batch.len() >= batch_size || (end && !batch.is_empty());
+            if !full {
                 if end {
                     return Ok(());
                 }
