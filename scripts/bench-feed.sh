@@ -91,14 +91,17 @@ print(json.dumps({"mode": mode, "round": int(r), "cores": int(cores), "load_befo
                   "embedded": e["embedded"], "threads": e["stages"]["decode_threads"],
                   "stages": e["stages"]}))
 PY
-    tail -1 "$rows" | "$py" -c '
+    "$py" - "$(tail -1 "$rows")" <<'PY'
 import json, sys
-x = json.load(sys.stdin); s = x["stages"]
+x = json.loads(sys.argv[1])
+s = x["stages"]
 ideal = x["cores"] * x["single"]
-print(f"round {x[\"round\"]} {x[\"mode\"]:5}: single thread {x[\"single\"]:.1f}/s, x {x[\"cores\"]} cores = {ideal:.1f}/s; "
-      f"embed-dataset {x[\"embed\"]:.1f}/s on {x[\"threads\"]} decode threads = {100 * x[\"embed\"] / ideal:.1f}% "
-      f"(floor 80%); stages " + ", ".join(f"{k} {s[k][\"seconds\"]:.2f} s" for k in ("read", "decode", "device", "write"))
-      + f"; bottleneck {s[\"bottleneck\"]}; load {x[\"load_before\"]} -> {x[\"load_after\"]}")'
+stages = ", ".join(f"{k} {s[k]['seconds']:.2f} s" for k in ("read", "decode", "device", "write"))
+print(f"round {x['round']} {x['mode']:5}: single thread {x['single']:.1f}/s, x {x['cores']} cores = "
+      f"{ideal:.1f}/s; embed-dataset {x['embed']:.1f}/s on {x['threads']} decode threads = "
+      f"{100 * x['embed'] / ideal:.1f}% (floor 80%); stages {stages}; bottleneck {s['bottleneck']}; "
+      f"load {x['load_before']} -> {x['load_after']}")
+PY
   done
 done
 
