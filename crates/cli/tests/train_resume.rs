@@ -324,7 +324,10 @@ fn train_and_eval_from_a_store_dataset() {
     for stage in ["read", "decode", "device"] {
         assert!(stages[stage]["items"].as_u64().unwrap() > 0, "{stages}");
         assert!(stages[stage]["seconds"].as_f64().unwrap() > 0.0, "{stages}");
-        assert!(stages[stage]["items_per_s"].as_f64().unwrap() > 0.0, "{stages}");
+        assert!(
+            stages[stage]["items_per_s"].as_f64().unwrap() > 0.0,
+            "{stages}"
+        );
     }
     assert!(stages["decode_threads"].as_u64().unwrap() >= 1, "{stages}");
     assert!(

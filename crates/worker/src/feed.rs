@@ -74,9 +74,8 @@ impl Feed {
         threads: usize,
     ) -> Result<Self> {
         let threads = threads.max(1);
-        let (raw_tx, raw_rx) = mpsc::channel::<(Item, std::result::Result<RawInput, String>)>(
-            2 * threads,
-        );
+        let (raw_tx, raw_rx) =
+            mpsc::channel::<(Item, std::result::Result<RawInput, String>)>(2 * threads);
         let (decoded_tx, decoded) = mpsc::channel::<Decoded>(DECODED_BATCHES * batch_size.max(1));
         let (note_tx, notes) = mpsc::unbounded_channel();
         let read = Arc::new(Mutex::new((0.0, 0)));

@@ -359,7 +359,10 @@ pub async fn run(input: EmbedInput, ctx: &NodeCtx) -> Result<Value> {
             }
             while let Ok(note) = feed.notes.try_recv() {
                 match note {
-                    Note::Page { existing: e, total: t } => (existing, total) = (e, t),
+                    Note::Page {
+                        existing: e,
+                        total: t,
+                    } => (existing, total) = (e, t),
                     Note::Failed(f) => failed.push(f),
                     Note::Error(e) => return Err(e),
                 }
@@ -514,7 +517,11 @@ impl Pages {
         })
     }
 
-    pub(crate) async fn next(&mut self, platform: &Arc<dyn Platform>, set_id: &str) -> Result<Page> {
+    pub(crate) async fn next(
+        &mut self,
+        platform: &Arc<dyn Platform>,
+        set_id: &str,
+    ) -> Result<Page> {
         let mut page = Page {
             todo: Vec::new(),
             existing: 0,
@@ -568,7 +575,10 @@ pub(crate) enum RawInput {
 }
 
 /// What an item contributes to embedding, read through the platform.
-pub(crate) async fn read_input(platform: &dyn Platform, item: &Item) -> std::result::Result<RawInput, String> {
+pub(crate) async fn read_input(
+    platform: &dyn Platform,
+    item: &Item,
+) -> std::result::Result<RawInput, String> {
     match item.kind() {
         ItemKind::Image => platform
             .item_bytes(&item.id)

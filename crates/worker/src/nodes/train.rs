@@ -179,8 +179,7 @@ async fn train(mut model: Model, input: TrainInput, ctx: &NodeCtx) -> Result<Val
                         if counted.0 != p.epoch {
                             counted = (p.epoch, [0.0; 3]);
                         }
-                        for (i, (name, stage)) in
-                            Stages::NAMES.iter().zip(stages.all()).enumerate()
+                        for (i, (name, stage)) in Stages::NAMES.iter().zip(stages.all()).enumerate()
                         {
                             let delta = stage.seconds - counted.1[i];
                             node.worker.metrics.add_train_stage(name, delta.max(0.0));
