@@ -7,7 +7,8 @@
 #   2. end to end on CUDA with the `cliptune` binary: generated JPEGs imported as a dataset,
 #      `cliptune train` (bf16) from a random ViT-B/32, then `embed-dataset` on the CPU
 #      (fp32) and on CUDA (fp32, bf16): the vectors are compared;
-#   3. dataset embedding throughput on CUDA (JPEG files to stored vectors), fp32 and bf16;
+#   3. dataset embedding throughput on CUDA (JPEG files to stored vectors), fp32, bf16 and
+#      bf16 with --fast-decode, each with its stage timings and the decode threads used;
 #   4. the worker on CUDA: `make run`'s pipeline (create model -> train -> update variable
 #      -> embed, scripts/demo.sh), then `cliptune serve`: POST /search, and POST /embed of an
 #      image compared with the vector the embed node stored for it.
@@ -85,6 +86,17 @@ c --json train --dataset big --base-model base --device "$device" \
   > "$out/train_e2e.jsonl"
 t1=$(ms)
 tail -1 "$out/train_e2e.jsonl"
+# Where the last epoch's time went (read, decode on the decode threads, device steps).
+"$py" - "$out/train_e2e.jsonl" <<'PY'
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+last = [l for l in lines if l.get("event") == "progress" and l.get("stages")]
+if last:
+    s = last[-1]["stages"]
+    print("training stages (last epoch): " + ", ".join(
+        f"{k} {s[k]['seconds']:.2f} s ({s[k]['items_per_s']:.1f}/s)" for k in ("read", "decode", "device"))
+        + f" on {s['decode_threads']} decode threads; bottleneck {s['bottleneck']}")
+PY
 echo "cliptune train --device $device (bf16, 2 epochs of $images pairs, evaluation before and after each epoch): $(( t1 - t0 )) ms"
 trained=$(tail -1 "$out/train_e2e.jsonl" | "$py" -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 runs="cpu_fp32:cpu:fp32 cuda_fp32:$device:fp32 cuda_bf16:$device:bf16"
@@ -114,13 +126,22 @@ for tag in ("cuda_fp32", "cuda_bf16", "cuda_fp16"):
     print(f"{tag} vs cpu_fp32 over {len(ref)} images: min cosine {worst_cos:.6f}, max |diff| {worst_abs:.2e}")
 PY
 
-echo "== 3. dataset embedding throughput on CUDA ($images JPEGs 640x480, ViT-B/32, batch 256)"
-for prec in fp32 bf16; do
+echo "== 3. dataset embedding throughput on $device ($images JPEGs 640x480, ViT-B/32, batch 256, $(nproc) cores)"
+# The feed: decode threads default to the usable cores less one; fast = --fast-decode.
+for run in fp32: bf16: bf16:--fast-decode; do
+  IFS=: read -r prec flag <<<"$run"
+  tag=$prec${flag:+_fast}
   c --json embed-dataset --dataset big --model base --device "$device" --precision "$prec" \
-    --batch-size 256 > "$out/embed_big_$prec.json"
+    --batch-size 256 $flag > "$out/embed_big_$tag.json"
   take_vectors /dev/null
-  "$py" -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[2], r["status"], r["embedded"], "images in", r["seconds"], "s:", r["items_per_s"], "images/s")' \
-    "$out/embed_big_$prec.json" "$prec"
+  "$py" - "$out/embed_big_$tag.json" "$prec ${flag:-exact-decode}" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1])); s = r["stages"]
+print(f"{sys.argv[2]}: {r['status']}, {r['embedded']} images in {r['seconds']} s: {r['items_per_s']} images/s "
+      f"with the feed on {s['decode_threads']} decode threads; stages "
+      + ", ".join(f"{k} {s[k]['seconds']:.2f} s ({s[k]['items_per_s']}/s)" for k in ("read", "decode", "device", "write"))
+      + f"; bottleneck {s['bottleneck']}")
+PY
 done
 
 fi

@@ -52,6 +52,10 @@ pub struct EmbedDatasetArgs {
     /// no longer PIL's exactly, vectors within cosine 0.9999 on average; docs/preprocessing.md).
     #[arg(long)]
     fast_decode: bool,
+    /// Threads decoding images, at once with reads, the device and writes (0: every core
+    /// this process may use less one for the device thread, at least 1).
+    #[arg(long, default_value_t = 0)]
+    decode_threads: usize,
 }
 
 pub fn run(ctx: &Ctx, args: EmbedDatasetArgs) -> Result<()> {
@@ -73,6 +77,7 @@ pub fn run(ctx: &Ctx, args: EmbedDatasetArgs) -> Result<()> {
     config.embed_precision = args.precision.clone();
     config.torch_threads = args.torch_threads;
     config.fast_decode = args.fast_decode;
+    config.decode_threads = args.decode_threads;
     let started = Instant::now();
     let execution = runtime()?.block_on(async {
         // Unknown names fail here, before an execution exists.
@@ -152,6 +157,7 @@ pub fn run(ctx: &Ctx, args: EmbedDatasetArgs) -> Result<()> {
         "already_embedded": out["already_embedded"],
         "failed": out["failed"],
         "stages": out["stages"],
+        "decode_threads": out["stages"]["decode_threads"],
         "seconds": (seconds * 100.0).round() / 100.0,
         "items_per_s": (embedded as f64 / seconds.max(1e-9) * 10.0).round() / 10.0,
     });
@@ -194,8 +200,9 @@ fn human(s: &Value) -> String {
             })
             .collect();
         out.push_str(&format!(
-            "\nstages: {}; bottleneck: {}",
+            "\nstages: {} on {} decode threads; bottleneck: {}",
             line.join(", "),
+            stages["decode_threads"],
             stages["bottleneck"].as_str().unwrap_or("?")
         ));
     }

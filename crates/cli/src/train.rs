@@ -51,7 +51,8 @@ pub struct TrainArgs {
     /// libtorch intra-op threads (0: libtorch's default).
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// Image-decoding threads (0: one per core).
+    /// Image-decoding threads (0: every core this process may use less one for the device
+    /// thread, at least 1).
     #[arg(long, default_value_t = 0)]
     decode_threads: usize,
 }
@@ -390,6 +391,9 @@ impl ProgressView {
                     }
                     if let Some(s) = p.samples_per_sec {
                         msg.push_str(&format!(" {s:.1} samples/s"));
+                    }
+                    if let Some(st) = &p.stages {
+                        msg.push_str(&format!("; {}", st.summary()));
                     }
                     bar.set_message(msg);
                 } else if phase_changed {

@@ -377,3 +377,49 @@ fn fast_decode_is_close_to_exact() {
         "--fast-decode changed no vector: it did not engage"
     );
 }
+
+/// Several decode threads store exactly one vector per readable item, equal to one thread's,
+/// and a corrupt image among many is reported without losing any other item.
+#[test]
+fn decode_threads_store_each_item_once_as_one_thread_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = setup(tmp.path(), 60, "4", true);
+    let many_home = tmp.path().join("many");
+    copy_dir(&home, &many_home);
+    let run = |home: &Path, threads: &str| {
+        let mut args = EMBED.to_vec();
+        args.extend(["--precision", "fp32", "--decode-threads", threads]);
+        ok(cliptune(home, &args))
+    };
+    let (one, many) = (run(&home, "1"), run(&many_home, "4"));
+    for (out, threads) in [(&one, 1), (&many, 4)] {
+        assert_eq!(out["embedded"], 60, "{out}");
+        assert_eq!(out["stages"]["decode_threads"], threads, "{out}");
+        // Every item went through the decoders once, the corrupt one included.
+        assert_eq!(out["stages"]["decode"]["items"], 61, "{out}");
+        let failed = out["failed"].as_array().unwrap();
+        assert_eq!(failed.len(), 1, "{out}");
+        assert!(!failed[0]["reason"].as_str().unwrap().is_empty(), "{out}");
+    }
+    assert_eq!(one["failed"][0]["item_id"], many["failed"][0]["item_id"]);
+    let (a, b) = (vectors(&home), vectors(&many_home));
+    assert_eq!(a.len(), 60);
+    let ids: std::collections::HashSet<_> = b.iter().map(|(id, _)| id).collect();
+    assert_eq!(ids.len(), 60, "one vector per item");
+    for ((ia, va), (ib, vb)) in a.iter().zip(&b) {
+        assert_eq!(ia, ib);
+        // Batches hold other items in another order; the rows' arithmetic is the same.
+        let worst = va
+            .iter()
+            .zip(vb)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-5, "{ia}: one vs four threads differ by {worst}");
+    }
+    let bad = "--decode-threads";
+    let mut args = EMBED.to_vec();
+    args.extend([bad, "many"]);
+    let out = cliptune(&home, &args).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(bad));
+}

@@ -316,6 +316,24 @@ fn train_and_eval_from_a_store_dataset() {
     let done = lines.last().unwrap();
     assert_eq!(done["event"], "done", "{done}");
     assert_eq!(done["epochs_run"], 1);
+    // Training's progress lines say where the epoch's time goes, stage by stage.
+    let stages = &lines
+        .iter()
+        .rfind(|l| l["event"] == "progress" && l["phase"] == "training")
+        .expect("a training progress line")["stages"];
+    for stage in ["read", "decode", "device"] {
+        assert!(stages[stage]["items"].as_u64().unwrap() > 0, "{stages}");
+        assert!(stages[stage]["seconds"].as_f64().unwrap() > 0.0, "{stages}");
+        assert!(
+            stages[stage]["items_per_s"].as_f64().unwrap() > 0.0,
+            "{stages}"
+        );
+    }
+    assert!(stages["decode_threads"].as_u64().unwrap() >= 1, "{stages}");
+    assert!(
+        ["read", "decode", "device"].contains(&stages["bottleneck"].as_str().unwrap_or("")),
+        "{stages}"
+    );
     let all = eval_on_squares(&home);
     assert_eq!(all["pairs"], 36, "{all}");
     assert!(all["i2t_r1"].as_f64().unwrap() >= 0.0);

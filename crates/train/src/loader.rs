@@ -4,9 +4,10 @@
 
 use crate::codec::Codec;
 use crate::data::{BadPair, Pair, Rng};
+use crate::trainer::Stage;
 use crate::{Result, TrainError};
 use rayon::prelude::*;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +34,27 @@ pub struct Loader {
     stop: Arc<AtomicBool>,
     handle: Option<std::thread::JoinHandle<()>>,
     waited: Duration,
+    meter: Arc<LoadMeter>,
+    threads: usize,
+}
+
+/// Thread-seconds the decode threads spent reading image bytes and decoding them (with the
+/// augmentation), and the images they handled.
+#[derive(Debug, Default)]
+pub struct LoadMeter {
+    read_nanos: AtomicU64,
+    decode_nanos: AtomicU64,
+    images: AtomicU64,
+}
+
+impl LoadMeter {
+    fn add(&self, read: Duration, decode: Duration) {
+        self.read_nanos
+            .fetch_add(read.as_nanos() as u64, Ordering::Relaxed);
+        self.decode_nanos
+            .fetch_add(decode.as_nanos() as u64, Ordering::Relaxed);
+        self.images.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Loader {
@@ -49,6 +71,9 @@ impl Loader {
         let (tx, rx) = sync_channel(prefetch.max(1));
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let meter = Arc::new(LoadMeter::default());
+        let threads = pool.current_num_threads();
+        let m = meter.clone();
         let handle = std::thread::Builder::new()
             .name("cliptune-loader".into())
             .spawn(move || {
@@ -56,7 +81,7 @@ impl Loader {
                     if stop2.load(Ordering::Relaxed) {
                         return;
                     }
-                    let batch = pool.install(|| make_batch(&pairs, indices, &codec, augment));
+                    let batch = pool.install(|| make_batch(&pairs, indices, &codec, augment, &m));
                     let failed = batch.is_err();
                     if tx.send(batch).is_err() || failed {
                         return;
@@ -69,7 +94,26 @@ impl Loader {
             stop,
             handle: Some(handle),
             waited: Duration::ZERO,
+            meter,
+            threads,
         }
+    }
+
+    /// Reading and decoding so far: the threads' busy time divided by their number (wall
+    /// clock equivalent, comparable with the device's time), and the images.
+    pub fn stages(&self) -> (Stage, Stage) {
+        let images = self.meter.images.load(Ordering::Relaxed) as usize;
+        let per_thread = |nanos: &AtomicU64| {
+            nanos.load(Ordering::Relaxed) as f64 / 1e9 / self.threads.max(1) as f64
+        };
+        (
+            Stage::new(per_thread(&self.meter.read_nanos), images),
+            Stage::new(per_thread(&self.meter.decode_nanos), images),
+        )
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     /// Time the consumer spent blocked waiting for data.
@@ -105,18 +149,22 @@ fn make_batch(
     indices: Vec<usize>,
     codec: &Codec,
     augment: Option<Augment>,
+    meter: &LoadMeter,
 ) -> Result<Batch> {
     let s = codec.image_size();
     let images: Vec<std::result::Result<Vec<f32>, String>> = indices
         .par_iter()
         .map(|&i| {
             let p = &pairs[i];
+            let reading = Instant::now();
             let bytes = p.image.read().map_err(|e| e.to_string())?;
+            let decoding = Instant::now();
             let mut px = codec.image(&bytes, &p.id)?;
             if let Some(a) = augment {
                 let mut rng = Rng::derive(a.seed, a.epoch, i as u64);
                 px = random_resized_crop(&px, s, &mut rng);
             }
+            meter.add(decoding - reading, decoding.elapsed());
             Ok(px)
         })
         .collect();

@@ -419,7 +419,15 @@ pub fn forward(
         let s = config.vision.image_size;
         let n = images.len() as i64;
         let flat: Vec<f32> = images.concat();
-        let pixels = tch::Tensor::from_slice(&flat).view([n, 3, s, s]);
+        let mut pixels = tch::Tensor::from_slice(&flat).view([n, 3, s, s]);
+        if device.is_cuda() {
+            // From page-locked memory the copy to the GPU is one DMA, not a staging copy
+            // through a pinned bounce buffer (cf. PyTorch's DataLoader pin_memory). Where
+            // pinning fails the model copies from pageable memory as before.
+            if let Ok(pinned) = pixels.f_pin_memory(device) {
+                pixels = pinned.to_device_(device, tch::Kind::Float, true, false);
+            }
+        }
         rows(run(&|| clip.image_features(&pixels, false))?)?
     };
     let txt = if texts.is_empty() {

@@ -63,6 +63,11 @@ pub struct WorkerConfig {
     /// exact pixels. Online queries always decode exactly.
     #[arg(long, env = "CLIPTUNE_FAST_DECODE")]
     pub fast_decode: bool,
+    /// Threads decoding images for dataset embedding (0: every core this process may use
+    /// less one for the device thread, at least 1). They run at once with item reads, the
+    /// device and vector writes, behind bounded queues (docs/search.md).
+    #[arg(long, env = "CLIPTUNE_DECODE_THREADS", default_value_t = 0)]
+    pub decode_threads: usize,
     /// Online embedding: most tokens (text tokens plus image patches) in one device batch.
     #[arg(long, env = "CLIPTUNE_EMBED_TOKEN_BUDGET", default_value_t = 4096, value_parser = positive)]
     pub embed_token_budget: usize,
@@ -103,6 +108,7 @@ impl WorkerConfig {
             work_dir: None,
             weights_dir: None,
             fast_decode: false,
+            decode_threads: 0,
         }
     }
 
@@ -146,6 +152,11 @@ impl WorkerConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Decode threads of dataset embedding, 0 resolved to the default.
+    pub fn decode_threads(&self) -> usize {
+        cliptune_train::feed::resolve_threads(self.decode_threads)
     }
 
     pub fn drain(&self) -> Duration {

@@ -15,6 +15,7 @@ pub mod demo;
 pub mod device;
 pub mod error;
 pub mod executions;
+pub(crate) mod feed;
 pub mod http;
 pub mod metrics;
 pub mod nodes;

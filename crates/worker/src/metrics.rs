@@ -29,6 +29,8 @@ struct State {
     embedded_items: u64,
     /// Busy seconds of the embed node's stages (read, decode, device, write).
     embed_stages: BTreeMap<String, f64>,
+    /// Busy seconds of training's stages (read, decode, device).
+    train_stages: BTreeMap<String, f64>,
 }
 
 /// The worker's counters, gauges and histograms.
@@ -97,6 +99,16 @@ impl Metrics {
             .lock()
             .expect("metrics lock")
             .embed_stages
+            .entry(stage.to_string())
+            .or_default() += seconds;
+    }
+
+    pub fn add_train_stage(&self, stage: &str, seconds: f64) {
+        *self
+            .state
+            .lock()
+            .expect("metrics lock")
+            .train_stages
             .entry(stage.to_string())
             .or_default() += seconds;
     }
@@ -233,6 +245,18 @@ impl Metrics {
         }
         header(
             w,
+            "cliptune_train_stage_seconds_total",
+            "counter",
+            "Busy seconds of training's stages (read and decode per decode thread, device steps).",
+        );
+        for (stage, seconds) in &s.train_stages {
+            let _ = writeln!(
+                w,
+                "cliptune_train_stage_seconds_total{{stage=\"{stage}\"}} {seconds:.6}"
+            );
+        }
+        header(
+            w,
             "cliptune_searches_total",
             "counter",
             "Nearest-neighbour searches over a feature set.",
@@ -276,6 +300,8 @@ mod tests {
     #[test]
     fn histogram_buckets_are_cumulative() {
         let m = Metrics::default();
+        m.add_train_stage("decode", 1.5);
+        m.add_train_stage("decode", 0.25);
         m.record_request("GET", "/health", 200, Duration::from_millis(3));
         m.record_request("GET", "/health", 200, Duration::from_millis(300));
         let text = m.render(&Gauges {
@@ -292,6 +318,10 @@ mod tests {
         assert!(text.contains("route=\"/health\",le=\"0.5\"} 2"), "{text}");
         assert!(text.contains("cliptune_queue_depth{lane=\"train\"} 2"));
         assert!(text.contains("cliptune_searches_total 7\n"), "{text}");
+        assert!(
+            text.contains("cliptune_train_stage_seconds_total{stage=\"decode\"} 1.750000\n"),
+            "{text}"
+        );
         assert!(
             text.contains("cliptune_search_second_passes_total 2\n"),
             "{text}"

@@ -16,6 +16,7 @@ use crate::batcher::{forward, Rows};
 use crate::device::DeviceCtx;
 use crate::error::{Result, WorkerError};
 use crate::executions::{NodeCtx, Worker};
+use crate::feed::{Decoded, Feed, Note};
 use cliptune_clip::{checkpoint, ClipConfig, LoadOptions};
 use cliptune_store::{ExecutionPipeline, Item, ItemKind, ItemQuery, Model, NewVector, Platform};
 use cliptune_train::codec::Codec;
@@ -199,15 +200,18 @@ async fn prepare(dir: PathBuf, fast_decode: bool) -> Result<Prepared> {
 }
 
 /// Where a dataset embedding's time goes, stage by stage: reading (item pages and item
-/// bytes, downloads on a remote platform), decoding (decode + resize + tokenize, on all
-/// cores), the device, writing vectors. Reading and decoding run ahead of the device in
-/// their own task, so the stages overlap and the busiest one bounds the rate.
+/// bytes, downloads on a remote platform), decoding (decode + resize + tokenize, on the
+/// decode threads), the device, writing vectors. The stages run at once (crate::feed), so
+/// the busiest one bounds the rate. Each stage's seconds are its busy time: for reading
+/// and writing the wall time not spent waiting for a queue, for decoding the threads' busy
+/// time divided by their number (comparable with the others).
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct Stages {
     pub read: Stage,
     pub decode: Stage,
     pub device: Stage,
     pub write: Stage,
+    pub decode_threads: usize,
 }
 
 /// One stage: busy seconds and the items it handled.
@@ -230,6 +234,26 @@ impl Stage {
 
 impl Stages {
     const NAMES: [&'static str; 4] = ["read", "decode", "device", "write"];
+
+    /// The feed's stages so far, with the device's.
+    fn of(feed: &Feed, device: Stage) -> Self {
+        let threads = feed.threads();
+        let (read_seconds, read_items) = feed.read();
+        let (thread_seconds, decoded) = feed.decode();
+        Self {
+            read: Stage {
+                seconds: read_seconds,
+                items: read_items,
+            },
+            decode: Stage {
+                seconds: thread_seconds / threads.max(1) as f64,
+                items: decoded,
+            },
+            device,
+            decode_threads: threads,
+            ..Self::default()
+        }
+    }
 
     fn all(&self) -> [&Stage; 4] {
         [&self.read, &self.decode, &self.device, &self.write]
@@ -272,49 +296,21 @@ impl Stages {
                 }),
             );
         }
+        m.insert("decode_threads".into(), json!(self.decode_threads));
         m.insert("bottleneck".into(), json!(self.bottleneck()));
         Value::Object(m)
     }
 }
 
 /// One item's model input.
-enum Input {
+pub(crate) enum Input {
     Image(Vec<f32>),
     Text(Vec<i64>),
 }
 
-/// A batch decoded and ready for the device, with the progress it represents.
-struct Ready {
-    images: Vec<(Item, Vec<f32>)>,
-    texts: Vec<(Item, Vec<i64>)>,
-    failed: Vec<Value>,
-    /// Items of the pages read so far that already had a vector.
-    existing: usize,
-    /// Items matching the target (for the percentage).
-    total: usize,
-    /// Reading and decoding time of this batch (and of the pages read for it).
-    read: Stage,
-    decode: Stage,
-}
-
-impl Ready {
-    /// No inputs, only progress (the items left over were all embedded or unreadable).
-    fn counts(failed: Vec<Value>, existing: usize, total: usize) -> Self {
-        Self {
-            images: Vec::new(),
-            texts: Vec::new(),
-            failed,
-            existing,
-            total,
-            read: Stage::default(),
-            decode: Stage::default(),
-        }
-    }
-}
-
-/// Batches decoded ahead of the device: decoding batch n+1 overlaps the forward pass of
-/// batch n, and at most this many wait, so memory stays bounded whatever the dataset size.
-const READ_AHEAD: usize = 2;
+/// Vectors computed and waiting to be written, in batches: writing batch n overlaps the
+/// forward pass of batch n+1.
+const WRITE_AHEAD: usize = 2;
 
 pub async fn run(input: EmbedInput, ctx: &NodeCtx) -> Result<Value> {
     let worker = &ctx.worker;
@@ -336,50 +332,73 @@ pub async fn run(input: EmbedInput, ctx: &NodeCtx) -> Result<Value> {
         .feature_set_for_model(&model.id, &model.name, prepared.config.embed_dim as u32)
         .await?;
     let batch_size = worker.config.embed_batch_size.max(1);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Ready>>(READ_AHEAD);
-    let reader = tokio::spawn(read_batches(
+    let pages = Pages::open(&platform, input.target.clone(), batch_size).await?;
+    let mut feed = Feed::start(
         platform.clone(),
-        prepared.clone(),
-        input.target.clone(),
+        prepared.codec.clone(),
+        pages,
         set.id.clone(),
         batch_size,
-        tx,
-    ));
+        worker.config.decode_threads(),
+    )?;
+    let (write_tx, write_rx) = tokio::sync::mpsc::channel::<Vec<NewVector>>(WRITE_AHEAD);
+    let writer = tokio::spawn(write_all(platform.clone(), set.id.clone(), write_rx));
     let precision = worker.embed_precision;
     let (mut embedded, mut existing, mut total) = (0usize, 0usize, 0usize);
     let mut failed: Vec<Value> = Vec::new();
-    let mut stages = Stages::default();
+    let mut device = Stage::default();
     let outcome: Result<()> = async {
-        while let Some(ready) = rx.recv().await {
+        let mut batch: Vec<(Item, Input)> = Vec::with_capacity(batch_size);
+        loop {
+            let next = feed.decoded.recv().await;
+            let end = next.is_none();
+            match next {
+                Some(Decoded::Ready(item, input)) => batch.push((*item, input)),
+                Some(Decoded::Failed(f)) => failed.push(f),
+                None => {}
+            }
+            while let Ok(note) = feed.notes.try_recv() {
+                match note {
+                    Note::Page {
+                        existing: e,
+                        total: t,
+                    } => (existing, total) = (e, t),
+                    Note::Failed(f) => failed.push(f),
+                    Note::Error(e) => return Err(e),
+                }
+            }
+            let full = batch.len() >= batch_size || (end && !batch.is_empty());
+            if !full {
+                if end {
+                    return Ok(());
+                }
+                continue;
+            }
             ctx.check()?;
-            let ready = ready?;
-            stages.read.seconds += ready.read.seconds;
-            stages.read.items += ready.read.items;
-            stages.decode.seconds += ready.decode.seconds;
-            stages.decode.items += ready.decode.items;
-            existing = ready.existing;
-            total = ready.total;
-            failed.extend(ready.failed);
             // The inputs move to the device thread; the items stay here to label the vectors.
-            let (image_items, pixels): (Vec<Item>, Vec<Vec<f32>>) =
-                ready.images.into_iter().unzip();
-            let (text_items, ids): (Vec<Item>, Vec<Vec<i64>>) = ready.texts.into_iter().unzip();
+            let mut pixels = Vec::new();
+            let mut ids = Vec::new();
+            let (mut image_items, mut text_items) = (Vec::new(), Vec::new());
+            for (item, input) in batch.drain(..) {
+                match input {
+                    Input::Image(px) => {
+                        image_items.push(item);
+                        pixels.push(px);
+                    }
+                    Input::Text(t) => {
+                        text_items.push(item);
+                        ids.push(t);
+                    }
+                }
+            }
             let p = prepared.clone();
-            // A batch of only progress (everything in it embedded or unreadable) needs no
-            // model: a rerun over a finished dataset never loads the weights.
             let inputs = pixels.len() + ids.len();
             let on_device = std::time::Instant::now();
-            let (img, txt) = if inputs == 0 {
-                (Vec::new(), Vec::new())
-            } else {
-                worker
-                    .device
-                    .run(move |dev| features(dev, &p.dir, &p.config, precision, pixels, ids))
-                    .await??
-            };
-            if inputs > 0 {
-                stages.device.add(on_device, inputs);
-            }
+            let (img, txt) = worker
+                .device
+                .run(move |dev| features(dev, &p.dir, &p.config, precision, pixels, ids))
+                .await??;
+            device.add(on_device, inputs);
             let vectors: Vec<NewVector> = image_items
                 .iter()
                 .zip(img)
@@ -390,28 +409,33 @@ pub async fn run(input: EmbedInput, ctx: &NodeCtx) -> Result<Value> {
                     value,
                 })
                 .collect();
-            if !vectors.is_empty() {
-                let writing = std::time::Instant::now();
-                platform.upsert_vectors(&set.id, &vectors).await?;
-                stages.write.add(writing, vectors.len());
-            }
             embedded += vectors.len();
+            if write_tx.send(vectors).await.is_err() {
+                // The writer stopped on an error, which awaiting it reports.
+                return Ok(());
+            }
             ctx.progress(
                 (2 + 97 * (embedded + existing + failed.len()) / total.max(1)).min(99) as u32,
                 format!(
                     "{embedded} embedded, {existing} already embedded, {} failed of {total}; {}",
                     failed.len(),
-                    stages.summary()
+                    Stages::of(&feed, device).summary()
                 ),
             );
+            if end {
+                return Ok(());
+            }
         }
-        Ok(())
     }
     .await;
-    // Dropping the receiver stops the reader at its next send.
-    drop(rx);
-    let _ = reader.await;
+    drop(write_tx);
+    let written = writer
+        .await
+        .map_err(|e| WorkerError::Internal(format!("writing vectors: {e}")));
+    let mut stages = Stages::of(&feed, device);
+    feed.close().await;
     outcome?;
+    stages.write = written??;
     worker.metrics.add_embedded_items(embedded as u64);
     for (name, stage) in Stages::NAMES.iter().zip(stages.all()) {
         worker.metrics.add_embed_stage(name, stage.seconds);
@@ -419,9 +443,10 @@ pub async fn run(input: EmbedInput, ctx: &NodeCtx) -> Result<Value> {
     ctx.progress(
         100,
         format!(
-            "{embedded} embedded, {existing} already embedded, {} failed; {} (bottleneck: {})",
+            "{embedded} embedded, {existing} already embedded, {} failed; {} on {} decode threads (bottleneck: {})",
             failed.len(),
             stages.summary(),
+            stages.decode_threads,
             stages.bottleneck()
         ),
     );
@@ -437,72 +462,38 @@ pub async fn run(input: EmbedInput, ctx: &NodeCtx) -> Result<Value> {
     }))
 }
 
-/// Reads the target's items page by page, leaves out those that already have a vector in
-/// the set, and sends decoded batches of `batch_size` (the last one of a run may be smaller).
-async fn read_batches(
+/// Writes batches of vectors as they come; the write stage's busy time.
+async fn write_all(
     platform: Arc<dyn Platform>,
-    prepared: Arc<Prepared>,
-    target: EmbedTarget,
     set_id: String,
-    batch_size: usize,
-    tx: tokio::sync::mpsc::Sender<Result<Ready>>,
-) {
-    let outcome: Result<()> = async {
-        let mut pages = Pages::open(&platform, target, batch_size).await?;
-        let (mut failed, mut existing, mut pending) = (Vec::new(), 0usize, Vec::new());
-        // Page reads are charged to the batch they feed.
-        let mut read = Stage::default();
-        loop {
-            let reading = std::time::Instant::now();
-            let page = pages.next(&platform, &set_id).await?;
-            read.add(reading, 0);
-            existing += page.existing;
-            failed.extend(page.failed);
-            pending.extend(page.todo);
-            while pending.len() >= batch_size || (!page.more && !pending.is_empty()) {
-                let n = pending.len().min(batch_size);
-                let chunk: Vec<Item> = pending.drain(..n).collect();
-                let failed = std::mem::take(&mut failed);
-                let mut ready =
-                    decode_batch(&platform, &prepared, chunk, failed, existing, page.total).await?;
-                ready.read.seconds += std::mem::take(&mut read).seconds;
-                if tx.send(Ok(ready)).await.is_err() {
-                    return Ok(());
-                }
-            }
-            if !page.more {
-                if existing > 0 || !failed.is_empty() {
-                    let _ = tx
-                        .send(Ok(Ready::counts(failed, existing, page.total)))
-                        .await;
-                }
-                return Ok(());
-            }
-        }
+    mut batches: tokio::sync::mpsc::Receiver<Vec<NewVector>>,
+) -> Result<Stage> {
+    let mut stage = Stage::default();
+    while let Some(vectors) = batches.recv().await {
+        let writing = std::time::Instant::now();
+        platform.upsert_vectors(&set_id, &vectors).await?;
+        stage.add(writing, vectors.len());
     }
-    .await;
-    if let Err(e) = outcome {
-        let _ = tx.send(Err(e)).await;
-    }
+    Ok(stage)
 }
 
 /// One page of the target: the items to embed, and what the rest of it came to.
-struct Page {
-    todo: Vec<Item>,
-    existing: usize,
-    failed: Vec<Value>,
-    total: usize,
-    more: bool,
+pub(crate) struct Page {
+    pub(crate) todo: Vec<Item>,
+    pub(crate) existing: usize,
+    pub(crate) failed: Vec<Value>,
+    pub(crate) total: usize,
+    pub(crate) more: bool,
 }
 
 /// The target's items, a page at a time.
-enum Pages {
+pub(crate) enum Pages {
     Dataset { id: String, query: ItemQuery },
     Items(Option<Vec<String>>),
 }
 
 impl Pages {
-    async fn open(
+    pub(crate) async fn open(
         platform: &Arc<dyn Platform>,
         target: EmbedTarget,
         batch_size: usize,
@@ -526,7 +517,11 @@ impl Pages {
         })
     }
 
-    async fn next(&mut self, platform: &Arc<dyn Platform>, set_id: &str) -> Result<Page> {
+    pub(crate) async fn next(
+        &mut self,
+        platform: &Arc<dyn Platform>,
+        set_id: &str,
+    ) -> Result<Page> {
         let mut page = Page {
             todo: Vec::new(),
             existing: 0,
@@ -574,83 +569,16 @@ impl Pages {
     }
 }
 
-/// Reads and decodes one batch of items; items that cannot be read or decoded join
-/// `failed` with the reason.
-async fn decode_batch(
-    platform: &Arc<dyn Platform>,
-    prepared: &Arc<Prepared>,
-    items: Vec<Item>,
-    mut failed: Vec<Value>,
-    existing: usize,
-    total: usize,
-) -> Result<Ready> {
-    let (n, reading) = (items.len(), std::time::Instant::now());
-    // The reads run concurrently: with a remote platform each one is a download.
-    let reads: Vec<_> = items
-        .into_iter()
-        .map(|item| {
-            let platform = platform.clone();
-            tokio::spawn(async move {
-                let r = read_input(&*platform, &item).await;
-                (item, r)
-            })
-        })
-        .collect();
-    let mut raw = Vec::with_capacity(reads.len());
-    for read in reads {
-        raw.push(
-            read.await
-                .map_err(|e| WorkerError::Internal(format!("reading an item: {e}")))?,
-        );
-    }
-    let mut read = Stage::default();
-    read.add(reading, n);
-    let decoding = std::time::Instant::now();
-    let codec = prepared.codec.clone();
-    // Decoding and resizing are CPU work: keep them off the async threads.
-    let decoded = tokio::task::spawn_blocking(move || {
-        use rayon::prelude::*;
-        raw.into_par_iter()
-            .map(|(item, r)| {
-                let input = r.and_then(|raw| match raw {
-                    RawInput::Image(bytes) => codec.image(&bytes, &item.filename).map(Input::Image),
-                    RawInput::Text(text) => Ok(Input::Text(codec.tokens(&text))),
-                });
-                (item, input)
-            })
-            .collect::<Vec<_>>()
-    })
-    .await
-    .map_err(|e| WorkerError::Internal(format!("decoding batch: {e}")))?;
-    let mut decode = Stage::default();
-    decode.add(decoding, n);
-    let mut images = Vec::new();
-    let mut texts = Vec::new();
-    for (item, input) in decoded {
-        match input {
-            Ok(Input::Image(px)) => images.push((item, px)),
-            Ok(Input::Text(ids)) => texts.push((item, ids)),
-            Err(reason) => failed.push(json!({"item_id": item.id, "reason": reason})),
-        }
-    }
-    Ok(Ready {
-        images,
-        texts,
-        failed,
-        existing,
-        total,
-        read,
-        decode,
-    })
-}
-
-enum RawInput {
+pub(crate) enum RawInput {
     Image(Vec<u8>),
     Text(String),
 }
 
 /// What an item contributes to embedding, read through the platform.
-async fn read_input(platform: &dyn Platform, item: &Item) -> std::result::Result<RawInput, String> {
+pub(crate) async fn read_input(
+    platform: &dyn Platform,
+    item: &Item,
+) -> std::result::Result<RawInput, String> {
     match item.kind() {
         ItemKind::Image => platform
             .item_bytes(&item.id)

@@ -14,7 +14,9 @@ use crate::executions::{NodeCtx, StopReason};
 use cliptune_store::{
     set_path, Id, Item, MetricPoint, MetricSample, Model, ModelStatus, Platform, Subsets,
 };
-use cliptune_train::{BadPair, Event, ImageFetcher, ImageSource, Pair, Phase, Source, TrainConfig};
+use cliptune_train::{
+    BadPair, Event, ImageFetcher, ImageSource, Pair, Phase, Source, Stages, TrainConfig,
+};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
@@ -142,7 +144,7 @@ async fn train(mut model: Model, input: TrainInput, ctx: &NodeCtx) -> Result<Val
         runs_root: ctx.worker.work_dir.join("train").join(&model.id),
         device: ctx.worker.device.device(),
         resume: true,
-        decode_threads: 0,
+        decode_threads: ctx.worker.config.decode_threads(),
     };
     let (epochs_tx, mut epochs_rx) = tokio::sync::mpsc::unbounded_channel();
     let publisher = {
@@ -159,14 +161,31 @@ async fn train(mut model: Model, input: TrainInput, ctx: &NodeCtx) -> Result<Val
     };
     let cancel = ctx.cancel_flag();
     let node = ctx.clone();
+    let last_stages = Arc::new(std::sync::Mutex::new(None::<Stages>));
+    let stages_seen = last_stages.clone();
     let outcome = ctx
         .worker
         .device
         .run_long(move |dev| {
+            // Stage seconds already added to /metrics for this epoch (progress carries the
+            // epoch's totals so far).
+            let mut counted = (0usize, [0.0f64; 3]);
             let mut observer = |event: Event<'_>| match event {
                 Event::Progress(p) => {
                     if let Some(rate) = p.samples_per_sec {
                         node.worker.metrics.set_training_rate(rate);
+                    }
+                    if let Some(stages) = &p.stages {
+                        if counted.0 != p.epoch {
+                            counted = (p.epoch, [0.0; 3]);
+                        }
+                        for (i, (name, stage)) in Stages::NAMES.iter().zip(stages.all()).enumerate()
+                        {
+                            let delta = stage.seconds - counted.1[i];
+                            node.worker.metrics.add_train_stage(name, delta.max(0.0));
+                            counted.1[i] = stage.seconds;
+                        }
+                        *last_stages.lock().expect("stages") = Some(*stages);
                     }
                     node.progress(progress_percent(p.phase, p.percent), describe(p));
                     // Let embedding batches that wait for the device through between steps.
@@ -232,6 +251,8 @@ async fn train(mut model: Model, input: TrainInput, ctx: &NodeCtx) -> Result<Val
         "samples_per_second": samples_per_second,
         "pairs": {"train": report.data.train, "validation": report.data.validation, "skipped": report.data.bad},
         "warnings": report.warnings,
+        // The last epoch's stages: where training's time went, and the bottleneck.
+        "stages": *stages_seen.lock().expect("stages"),
     }))
 }
 
@@ -319,6 +340,9 @@ fn describe(p: &cliptune_train::Progress) -> String {
             }
             if let Some(r) = p.samples_per_sec {
                 s.push_str(&format!(" ({r:.1} samples/s)"));
+            }
+            if let Some(stages) = &p.stages {
+                s.push_str(&format!("; {}", stages.summary()));
             }
             s
         }
