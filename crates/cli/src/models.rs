@@ -48,6 +48,10 @@ pub enum ModelsCommand {
         name: String,
         #[arg(long)]
         seed: Option<u64>,
+        /// Write the checkpoint folder (cliptune's native format) to this directory instead
+        /// of registering it in the store (e.g. to seed another platform or a weights dir).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// List the models in the store.
     ///
@@ -121,6 +125,7 @@ pub fn run(ctx: &Ctx, cmd: ModelsCommand) -> Result<()> {
             arch,
             name,
             seed,
+            out,
         } => {
             let config = match (preset, arch) {
                 (Some(p), _) => ClipConfig::preset(&p)?,
@@ -134,6 +139,15 @@ pub fn run(ctx: &Ctx, cmd: ModelsCommand) -> Result<()> {
                 (None, None) => bail!("give --preset or --arch"),
             };
             let clip = Clip::new(&config, tch::Device::Cpu, seed)?;
+            if let Some(dir) = out {
+                cliptune_clip::checkpoint::save(&clip, &dir)
+                    .with_context(|| format!("writing {}", dir.display()))?;
+                let written = serde_json::json!({"name": name, "path": dir.display().to_string()});
+                output::print(ctx, &written, |w| {
+                    w["path"].as_str().unwrap_or_default().into()
+                });
+                return Ok(());
+            }
             let entry = register(ctx, &clip, &name, "random init")?;
             output::print(ctx, &entry, |e| e.id.clone());
         }

@@ -55,14 +55,25 @@ pub(crate) async fn handle(state: &Shared, req: Request) -> Result<Response, Req
         ("POST", "models") => shape(
             &body,
             "_gate model",
-            &["name", "status", "configuration"],
+            &["name", "status", "configuration", "artifactsDir"],
             &["name"],
         )
         .and_then(|m| {
             let name = nonempty_str(&m, "name", "_gate model")?.to_string();
             let status = m.get("status").and_then(Value::as_str).unwrap_or("trained");
             let config = m.get("configuration").cloned().unwrap_or(json!({}));
-            let id = st.seed_model(&name, status, config);
+            let id = match m.get("artifactsDir") {
+                // Real checkpoint files from a local folder (the gate runs beside its tests).
+                Some(dir) => {
+                    let dir = dir
+                        .as_str()
+                        .ok_or_else(|| bad("_gate model: artifactsDir must be a path"))?;
+                    let files = crate::read_files(std::path::Path::new(dir))
+                        .map_err(|e| bad(format!("_gate model: artifactsDir {dir}: {e}")))?;
+                    st.seed_model_with(&name, status, config, files)
+                }
+                None => st.seed_model(&name, status, config),
+            };
             Ok(ok(st.models[&id].clone()))
         }),
         ("POST", "pipelines") => {

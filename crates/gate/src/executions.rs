@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 pub(crate) fn route(st: &mut GateState, req: &mut Req, segs: &[&str]) -> Option<R> {
     let r = match (req.method.as_str(), segs) {
         ("POST", ["executions", id, "progress"]) => req.json().and_then(|v| progress(st, id, v)),
+        ("POST", ["executions", id, "rerun"]) => req.no_body().and_then(|_| rerun(st, id)),
         ("POST", ["executions", service]) => {
             req.json().and_then(|v| create_execution(st, service, v))
         }
@@ -36,9 +37,18 @@ fn query_faas(st: &mut GateState, v: Value) -> R {
         other => return Err(bad(format!("query/faas: unknown resource {other:?}"))),
     };
     let q = dql(st, v, &resource, false, false)?;
+    if q.page_size > FAAS_PAGE_SIZE {
+        return Err(bad(format!(
+            "query/faas: pageSize must be at most {FAAS_PAGE_SIZE}, got {}",
+            q.page_size
+        )));
+    }
     let rows = filter_rows(rows.iter(), &q.filter)?;
     Ok(ok(paginate(rows, &q)))
 }
+
+/// FaaS listings (executions, services) serve at most this many per page.
+const FAAS_PAGE_SIZE: usize = 100;
 
 const EXEC_STATUSES: &[&str] = &[
     "created",
@@ -152,6 +162,29 @@ fn progress(st: &mut GateState, id: &str, v: Value) -> R {
     e["status"] = json!(status);
     e["latestStatus"] = entry.clone();
     e["statusLog"].as_array_mut().unwrap().push(entry);
+    e["updatedAt"] = json!(now());
+    Ok(ok(e.clone()))
+}
+
+/// `POST /executions/{id}/rerun`: queues a started or ended execution again. One still
+/// waiting (`created`, `rerun`) is refused: it would be queued twice.
+fn rerun(st: &mut GateState, id: &str) -> R {
+    let e = st
+        .executions
+        .get_mut(id)
+        .ok_or_else(|| err(404, "execution not found"))?;
+    let cur = e["latestStatus"]["status"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    if cur == "created" || cur == "rerun" {
+        return Err(bad(format!("execution {id} is {cur}: nothing to rerun")));
+    }
+    let entry = json!({"status": "rerun", "percentComplete": 0, "timestamp": now()});
+    e["status"] = json!("rerun");
+    e["latestStatus"] = entry.clone();
+    e["statusLog"].as_array_mut().unwrap().push(entry);
+    e["attempts"] = json!(e["attempts"].as_u64().unwrap_or(1) + 1);
     e["updatedAt"] = json!(now());
     Ok(ok(e.clone()))
 }

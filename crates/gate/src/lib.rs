@@ -138,26 +138,43 @@ pub(crate) fn now() -> String {
 impl GateState {
     /// Adds a Model with one artifact item, as a pre-trained base model would be.
     pub fn seed_model(&mut self, name: &str, status: &str, configuration: Value) -> String {
-        let item_id = self.id();
-        let bin = self.binaries_id.clone();
-        let filename = format!("/artifacts/models/{name}/weights.bin");
-        let bytes = b"base weights".to_vec();
-        self.items.insert(
-            item_id.clone(),
-            json!({"id": item_id, "datasetId": bin, "filename": filename, "name": "weights.bin",
-                   "dir": format!("/artifacts/models/{name}"), "type": "file", "hidden": false,
-                   "metadata": {"system": {"mimetype": "application/octet-stream", "size": bytes.len()}},
-                   "annotationsCount": 0, "createdAt": now(), "updatedAt": now()}),
-        );
-        self.blobs
-            .insert(item_id.clone(), (bytes, "application/octet-stream".into()));
+        let files = vec![("weights.bin".to_string(), b"base weights".to_vec())];
+        self.seed_model_with(name, status, configuration, files)
+    }
+
+    /// A model whose artifacts are `files` (path below the model's folder, bytes), stored as
+    /// items of the Binaries dataset the way the platform keeps them.
+    pub fn seed_model_with(
+        &mut self,
+        name: &str,
+        status: &str,
+        configuration: Value,
+        files: Vec<(String, Vec<u8>)>,
+    ) -> String {
+        let mut artifacts = vec![];
+        for (path, bytes) in files {
+            let item_id = self.id();
+            let bin = self.binaries_id.clone();
+            let filename = format!("/artifacts/models/{name}/{path}");
+            let (dir, base) = filename.rsplit_once('/').expect("has a slash");
+            self.items.insert(
+                item_id.clone(),
+                json!({"id": item_id, "datasetId": bin, "filename": filename, "name": base,
+                       "dir": dir, "type": "file", "hidden": false,
+                       "metadata": {"system": {"mimetype": "application/octet-stream", "size": bytes.len()}},
+                       "annotationsCount": 0, "createdAt": now(), "updatedAt": now()}),
+            );
+            self.blobs
+                .insert(item_id.clone(), (bytes, "application/octet-stream".into()));
+            artifacts.push(json!({"type": "item", "itemId": item_id}));
+        }
         let id = self.id();
         let pid = self.project_id.clone();
         self.models.insert(
             id.clone(),
             json!({"id": id, "name": name, "status": status, "configuration": configuration,
                    "projectId": pid, "context": {"project": pid}, "datasetId": null,
-                   "artifacts": [{"type": "item", "itemId": item_id}],
+                   "artifacts": artifacts,
                    "metadata": {"system": {}}, "labels": [], "tags": [], "description": null,
                    "packageId": "fa4e00000000000000000999", "moduleName": "clip-module",
                    "outputType": "embedding", "inputType": "image",
@@ -404,4 +421,23 @@ impl FakeGate {
                 .collect()
         })
     }
+}
+
+/// Every file under `dir` as (path relative to `dir`, bytes), sorted by path.
+pub(crate) fn read_files(dir: &std::path::Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(dir).expect("below dir");
+                out.push((rel.to_string_lossy().into_owned(), std::fs::read(&path)?));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }

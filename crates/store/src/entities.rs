@@ -558,6 +558,10 @@ pub struct Execution {
     pub function_name: String,
     #[serde(default)]
     pub service_name: Option<String>,
+    /// The FaaS service that runs it (Dataloop's `serviceId`; the embedded store has no
+    /// services and keeps the service name here).
+    #[serde(default)]
+    pub service_id: Option<Id>,
     #[serde(default)]
     pub pipeline: Option<ExecutionPipeline>,
     #[serde(default)]
@@ -611,6 +615,9 @@ pub struct ExecutionQuery {
     pub pipeline_id: Option<Id>,
     /// Pipeline run id (`pipeline.executionId`).
     pub pipeline_execution_id: Option<Id>,
+    /// Only this service's executions (see [`Execution::service_id`]).
+    #[serde(default)]
+    pub service_id: Option<Id>,
     /// 0: no limit.
     #[serde(default)]
     pub limit: u32,

@@ -29,4 +29,4 @@ pub use error::{Result, StoreError};
 pub use local::LocalStore;
 pub use platform::{is_id, item_id_from_url, Platform, PromptContent};
 pub use rules::normalize_filename;
-pub use util::{guess_mimetype, name_timestamp, new_id, now_rfc3339};
+pub use util::{guess_mimetype, name_timestamp, new_id, now_rfc3339, parse_rfc3339};

@@ -95,6 +95,9 @@ pub trait Platform: Send + Sync {
     /// Appends to the status log; `Conflict` once the execution is terminal;
     /// `Invalid` for a terminal status here or percent > 100.
     async fn progress_execution(&self, id: &str, progress: ExecutionProgress) -> Result<Execution>;
+    /// Queues a started or ended execution again (status `rerun`), as Dataloop's
+    /// `POST /executions/{id}/rerun` does; `Conflict` while it is still `created` or `rerun`.
+    async fn rerun_execution(&self, id: &str) -> Result<Execution>;
     /// Moves to a terminal status (`success` sets percent 100); `Conflict` when already terminal.
     async fn finish_execution(
         &self,

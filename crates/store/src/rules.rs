@@ -287,6 +287,18 @@ pub fn check_not_finished(id: &str, current: ExecutionStatus) -> Result<()> {
     Ok(())
 }
 
+/// Rerunning is for executions that started (or ended): one still waiting to start
+/// would then be queued twice.
+pub fn check_rerun(id: &str, current: ExecutionStatus) -> Result<()> {
+    if matches!(current, ExecutionStatus::Created | ExecutionStatus::Rerun) {
+        return Err(StoreError::Conflict(format!(
+            "execution {id} is {} (waiting to start): nothing to rerun",
+            current.as_str()
+        )));
+    }
+    Ok(())
+}
+
 /// `cats\1.jpg`, `/cats/1.jpg`, `cats/1.jpg` -> (`/cats/1.jpg`, `/cats`, `1.jpg`).
 /// Rejects empty names and `.`/`..` segments.
 pub fn normalize_filename(filename: &str) -> Result<(String, String, String)> {

@@ -40,6 +40,35 @@ fn civil(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
     )
 }
 
+/// Seconds since the epoch of a UTC timestamp `YYYY-MM-DDTHH:MM:SS[.fff]Z` (the form
+/// Dataloop and this store write), or `None` for anything else.
+pub fn parse_rfc3339(s: &str) -> Option<f64> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut t = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (h, mi, sec) = (t.next()??, t.next()??, t.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    // Howard Hinnant's days-from-civil, the inverse of `civil`.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let frac: f64 = if frac.is_empty() {
+        0.0
+    } else {
+        format!("0.{frac}").parse().ok()?
+    };
+    Some((days * 86_400 + h * 3600 + mi * 60 + sec) as f64 + frac)
+}
+
 fn now_parts() -> (i64, u32) {
     let d = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -115,6 +144,26 @@ fn merge_objects(base: &mut Value, over: &Value) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rfc3339_round_trips() {
+        for secs in [0i64, 951_782_400, 1_733_400_000, 4_102_444_799] {
+            let text = super::rfc3339(secs, 250);
+            assert_eq!(
+                super::parse_rfc3339(&text),
+                Some(secs as f64 + 0.25),
+                "{text}"
+            );
+        }
+        for bad in [
+            "",
+            "2024-05-01",
+            "2024-13-01T00:00:00Z",
+            "2024-05-01T12:00:00+02:00",
+        ] {
+            assert_eq!(super::parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

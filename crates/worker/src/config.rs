@@ -85,6 +85,22 @@ pub struct WorkerConfig {
     /// (`ViT-B-32.pt`, ...), as the runner image ships them.
     #[arg(long, env = "CLIPTUNE_WEIGHTS_DIR")]
     pub weights_dir: Option<PathBuf>,
+    /// Attached mode (inside a Dataloop service, behind dataloop/runner.py): nodes run only
+    /// for executions the platform created and hands over through `POST /attached`; the
+    /// worker creates no executions, never writes their status (the agent does), and
+    /// reruns only stale executions of its own service.
+    #[arg(long, env = "CLIPTUNE_ATTACHED")]
+    pub attached: bool,
+    /// The FaaS service this worker serves in attached mode (default: learned from the
+    /// first execution handed over). Executions of other services are refused and never
+    /// touched.
+    #[arg(long, env = "CLIPTUNE_SERVICE_ID")]
+    pub service_id: Option<String>,
+    /// Attached mode: an `in-progress` execution of this service whose status has not
+    /// moved for this many seconds, and that no process here runs, belonged to a replica
+    /// that died: it is rerun. The runner reports progress at least every 10 s.
+    #[arg(long, env = "CLIPTUNE_STALE_SECONDS", default_value_t = 300, value_parser = positive_u64)]
+    pub stale_seconds: u64,
 }
 
 impl WorkerConfig {
@@ -109,6 +125,9 @@ impl WorkerConfig {
             weights_dir: None,
             fast_decode: false,
             decode_threads: 0,
+            attached: false,
+            service_id: None,
+            stale_seconds: 300,
         }
     }
 

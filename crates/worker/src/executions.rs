@@ -13,6 +13,7 @@
 //! `update-variable` sets the same value, pipeline runs reuse finished nodes) or else fails
 //! them (`create-model`). Executions that never started (`created`, `rerun`) are queued again.
 
+use crate::attached::{AttachedRun, Outcome};
 use crate::config::WorkerConfig;
 use crate::device::DeviceHandle;
 use crate::error::{Result, WorkerError};
@@ -143,21 +144,31 @@ pub struct Control {
     cancel: Arc<AtomicBool>,
     reason: Mutex<Option<StopReason>>,
     notify: Notify,
-    running: AtomicBool,
+    pub(crate) running: AtomicBool,
+    /// Set for an execution the platform handed over (attached mode).
+    attached: Option<Attached>,
+}
+
+/// What an attached execution runs with: the platform's execution is not re-read.
+struct Attached {
+    run: Arc<AttachedRun>,
+    input: Value,
+    pipeline: Option<ExecutionPipeline>,
 }
 
 impl Control {
-    fn new(function: Function) -> Arc<Self> {
+    fn new(function: Function, attached: Option<Attached>) -> Arc<Self> {
         Arc::new(Self {
             function,
             cancel: Arc::new(AtomicBool::new(false)),
             reason: Mutex::new(None),
             notify: Notify::new(),
             running: AtomicBool::new(false),
+            attached,
         })
     }
 
-    fn stop(&self, reason: StopReason) {
+    pub(crate) fn stop(&self, reason: StopReason) {
         let mut r = self.reason.lock().expect("control lock");
         if r.is_none() {
             *r = Some(reason);
@@ -245,6 +256,8 @@ pub struct Shared {
     lock: Mutex<Option<StoreLock>>,
     /// `config.embed_precision` resolved for the device.
     pub embed_precision: cliptune_train::Precision,
+    /// Executions handed over by the platform (attached mode).
+    pub(crate) attached: crate::attached::Registry,
 }
 
 /// One worker process per store: an exclusive OS lock (`flock`) on `<home>/worker.lock`.
@@ -328,6 +341,12 @@ impl Worker {
         home: PathBuf,
     ) -> Result<(Self, Recovery)> {
         let worker = Self::open(platform, config, home, true)?;
+        if worker.config.attached {
+            // The platform queues and reruns; only stale executions of this service are
+            // this worker's business (see `attached`).
+            worker.spawn_sweeps();
+            return Ok((worker, Recovery::default()));
+        }
         let recovery = worker.recover().await?;
         if !recovery.failed.is_empty() || !recovery.requeued.is_empty() {
             tracing::warn!(
@@ -375,6 +394,7 @@ impl Worker {
         } else {
             None
         };
+        let service = config.service_id.clone();
         let (device_tx, device_rx) = mpsc::unbounded_channel();
         let (embed_tx, embed_rx) = mpsc::unbounded_channel();
         let (ended, _) = broadcast::channel(256);
@@ -395,6 +415,7 @@ impl Worker {
                 queued_device: AtomicUsize::new(0),
                 queued_embed: AtomicUsize::new(0),
                 lock: Mutex::new(lock),
+                attached: crate::attached::Registry::new(service),
             }),
         };
         for mut rx in [device_rx, embed_rx] {
@@ -408,6 +429,14 @@ impl Worker {
             });
         }
         Ok(worker)
+    }
+
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Shared> {
+        Arc::downgrade(&self.inner)
+    }
+
+    pub(crate) fn upgrade(weak: &std::sync::Weak<Shared>) -> Option<Self> {
+        weak.upgrade().map(|inner| Worker { inner })
     }
 
     pub fn platform(&self) -> &Arc<dyn Platform> {
@@ -429,6 +458,13 @@ impl Worker {
         if !self.is_accepting() {
             return Err(WorkerError::Unavailable(
                 "the worker is shutting down and accepts no new executions".into(),
+            ));
+        }
+        if self.config.attached {
+            return Err(WorkerError::Conflict(
+                "attached mode: executions are created by the platform and handed over \
+                 with POST /attached"
+                    .into(),
             ));
         }
         crate::nodes::validate_input(function, &input)?;
@@ -464,7 +500,28 @@ impl Worker {
     }
 
     fn enqueue(&self, id: &Id, function: Function) {
-        let control = Control::new(function);
+        self.enqueue_control(id, Control::new(function, None));
+    }
+
+    /// Queues a handed-over execution (attached mode) with its input.
+    pub(crate) fn enqueue_attached(
+        &self,
+        id: &Id,
+        function: Function,
+        input: Value,
+        pipeline: Option<ExecutionPipeline>,
+        run: Arc<AttachedRun>,
+    ) {
+        let attached = Attached {
+            run,
+            input,
+            pipeline,
+        };
+        self.enqueue_control(id, Control::new(function, Some(attached)));
+    }
+
+    fn enqueue_control(&self, id: &Id, control: Arc<Control>) {
+        let function = control.function;
         self.controls
             .lock()
             .expect("controls lock")
@@ -486,7 +543,7 @@ impl Worker {
         }
     }
 
-    fn control(&self, id: &str) -> Option<Arc<Control>> {
+    pub(crate) fn control(&self, id: &str) -> Option<Arc<Control>> {
         self.controls
             .lock()
             .expect("controls lock")
@@ -503,6 +560,15 @@ impl Worker {
             self.queued(lane).fetch_sub(1, Ordering::SeqCst);
         }
         let function = control.function;
+        if let Some(attached) = &control.attached {
+            let outcome = self.run_attached(&id, &control, attached).await;
+            self.metrics
+                .record_execution(function.as_str(), outcome.state);
+            self.controls.lock().expect("controls lock").remove(&id);
+            self.finish_attached(&id, &attached.run, outcome);
+            let _ = self.ended.send(id);
+            return;
+        }
         let status = match self.run_inner(&id, &control).await {
             Ok(status) => status,
             Err(e) => {
@@ -595,6 +661,54 @@ impl Worker {
                     .finish_execution(id, ExecutionStatus::Failed, None, Some(e.to_string()))
                     .await?;
                 Ok(ExecutionStatus::Failed)
+            }
+        }
+    }
+
+    /// Runs a handed-over execution's node; the platform record is the agent's to write.
+    async fn run_attached(&self, id: &Id, control: &Arc<Control>, a: &Attached) -> Outcome {
+        let stopped = |when: &str| Outcome {
+            state: "terminated",
+            output: Value::Null,
+            error: Some(match control.stop_reason() {
+                Some(StopReason::Shutdown) => format!("the worker shut down {when}"),
+                _ => format!("terminated {when}"),
+            }),
+        };
+        if control.cancel.load(Ordering::SeqCst) {
+            return stopped("before it started");
+        }
+        let Some(tx) = a.run.progress_tx.lock().expect("progress lock").take() else {
+            return Outcome {
+                state: "failed",
+                output: Value::Null,
+                error: Some("internal: the run started twice".into()),
+            };
+        };
+        control.running.store(true, Ordering::SeqCst);
+        let _ = tx.send((0, "started".into()));
+        let ctx = NodeCtx {
+            worker: self.clone(),
+            execution_id: id.clone(),
+            pipeline: a.pipeline.clone(),
+            control: control.clone(),
+            progress: Arc::new(tx),
+        };
+        let result = crate::nodes::run(control.function, &a.input, &ctx).await;
+        match result {
+            Ok(output) => Outcome {
+                state: "success",
+                output,
+                error: None,
+            },
+            Err(e) if e.is_termination() => stopped("while running"),
+            Err(e) => {
+                tracing::warn!(execution = %id, function = control.function.as_str(), error = %e, "attached execution failed");
+                Outcome {
+                    state: "failed",
+                    output: Value::Null,
+                    error: Some(e.to_string()),
+                }
             }
         }
     }

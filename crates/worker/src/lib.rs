@@ -9,6 +9,7 @@
 //! - [`http`]: the axum router (`cliptune serve`); its online side (dynamic batching,
 //!   search, the page) is [`batcher`], [`search`] and `http::online`.
 
+pub mod attached;
 pub mod batcher;
 pub mod config;
 pub mod demo;

@@ -14,7 +14,7 @@ impl DataloopBackend {
                         "services",
                         &filter,
                         0,
-                        PAGE_SIZE,
+                        page_size("/query/faas"),
                         &Map::new(),
                         &Target::new("service", name),
                     )
@@ -106,11 +106,14 @@ impl DataloopBackend {
         if let Some(p) = &query.pipeline_execution_id {
             and.push(json!({"pipeline.executionId": p}));
         }
+        if let Some(s) = &query.service_id {
+            and.push(json!({"serviceId": s}));
+        }
         let mut extra = Map::new();
         extra.insert("sort".into(), json!({"createdAt": "descending"}));
         let filter = json!({"$and": and});
         let target = Target::new("project", self.project());
-        let raw = if query.limit > 0 && query.limit <= PAGE_SIZE {
+        let raw = if query.limit > 0 && query.limit <= page_size("/query/faas") {
             self.query_page(
                 "/query/faas",
                 "executions",
@@ -160,6 +163,25 @@ impl DataloopBackend {
             body.insert("output".into(), o);
         }
         self.post_progress(id, Value::Object(body)).await
+    }
+
+    pub(super) async fn rerun_execution(&self, id: &str) -> Result<Execution> {
+        let current = self.get_execution(id).await?;
+        rules::check_rerun(id, current.status)?;
+        let path = format!("/executions/{}/rerun", id_seg("execution", id)?);
+        let v = self
+            .gate
+            // As dtlpy's `execution.rerun()`: a POST without a body.
+            .json(Req::new(
+                reqwest::Method::POST,
+                path,
+                Target::new("execution", id),
+            ))
+            .await?;
+        match v {
+            Value::Object(ref m) if m.contains_key("id") => wire::execution(v),
+            _ => self.get_execution(id).await,
+        }
     }
 
     /// The progress endpoint has no error field: the error travels as the message.

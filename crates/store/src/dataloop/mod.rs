@@ -41,6 +41,8 @@ use wire::{seg, ArtifactRef};
 
 /// Dataloop's largest page.
 const PAGE_SIZE: u32 = rules::MAX_PAGE_SIZE;
+/// The FaaS queries (`/query/faas`: executions, services) allow at most 100 per page.
+const FAAS_PAGE_SIZE: u32 = 100;
 /// Guard against a gate that never stops saying `hasNextPage`.
 const MAX_PAGES: u32 = 100_000;
 
@@ -160,7 +162,7 @@ impl DataloopBackend {
         let mut out = Vec::new();
         for page in 0..MAX_PAGES {
             let p = self
-                .query_page(path, resource, filter, page, PAGE_SIZE, extra, target)
+                .query_page(path, resource, filter, page, page_size(path), extra, target)
                 .await?;
             let more = p.has_next && !p.items.is_empty();
             out.extend(p.items);
@@ -178,6 +180,15 @@ impl DataloopBackend {
         let mut m = Map::new();
         m.insert("context".into(), self.context());
         m
+    }
+}
+
+/// The largest page the endpoint `path` serves.
+fn page_size(path: &str) -> u32 {
+    if path == "/query/faas" {
+        FAAS_PAGE_SIZE
+    } else {
+        PAGE_SIZE
     }
 }
 
@@ -322,6 +333,10 @@ impl Platform for DataloopBackend {
 
     async fn progress_execution(&self, id: &str, progress: ExecutionProgress) -> Result<Execution> {
         DataloopBackend::progress_execution(self, id, progress).await
+    }
+
+    async fn rerun_execution(&self, id: &str) -> Result<Execution> {
+        DataloopBackend::rerun_execution(self, id).await
     }
 
     async fn finish_execution(

@@ -19,6 +19,7 @@ fn execution_row(r: &Row) -> rusqlite::Result<Execution> {
         id: r.get(0)?,
         function_name: r.get(1)?,
         service_name: r.get(2)?,
+        service_id: r.get(2)?,
         pipeline: serde_json::from_value(json_col(r, 3)?).ok(),
         input: json_col(r, 4)?,
         output: json_col(r, 5)?,
@@ -117,6 +118,10 @@ impl LocalStore {
                     sql.push_str(" AND pipeline_execution_id = ?");
                     params.push(p.clone());
                 }
+                if let Some(s) = &q.service_id {
+                    sql.push_str(" AND service_name = ?");
+                    params.push(s.clone());
+                }
                 sql.push_str(" ORDER BY created_at DESC, rowid DESC");
                 if q.limit > 0 {
                     sql.push_str(&format!(" LIMIT {}", q.limit));
@@ -203,6 +208,30 @@ impl LocalStore {
                 if let Some(o) = output {
                     e.output = o;
                 }
+                e.updated_at = now;
+                save_execution(t, &e)?;
+                Ok(e)
+            })
+            .await
+    }
+
+    pub(super) async fn rerun_execution(&self, id: &str) -> Result<Execution> {
+        let id = id.to_string();
+        self.db
+            .write(move |t| {
+                let mut e = execution_by_id(t, &id)?;
+                rules::check_rerun(&id, e.status)?;
+                let now = now_rfc3339();
+                let entry = StatusEntry {
+                    status: ExecutionStatus::Rerun,
+                    percent_complete: 0,
+                    message: Some("queued again".into()),
+                    error: None,
+                    timestamp: now.clone(),
+                };
+                e.status_log.push(entry.clone());
+                e.status = ExecutionStatus::Rerun;
+                e.latest_status = entry;
                 e.updated_at = now;
                 save_execution(t, &e)?;
                 Ok(e)

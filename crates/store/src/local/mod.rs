@@ -282,6 +282,10 @@ impl Platform for LocalStore {
         LocalStore::progress_execution(self, id, p).await
     }
 
+    async fn rerun_execution(&self, id: &str) -> Result<Execution> {
+        LocalStore::rerun_execution(self, id).await
+    }
+
     async fn finish_execution(
         &self,
         id: &str,

@@ -7,6 +7,7 @@
 //! it has ended (200), or after `timeout` seconds with 202 and the execution as it is then.
 
 pub mod api;
+mod attached;
 pub mod online;
 
 use crate::error::{ErrorBody, Result, WorkerError};
@@ -39,6 +40,7 @@ use utoipa::OpenApi;
         train, embed, create_model, update_variable,
         create_execution, list_executions, get_execution, terminate_execution,
         execute_pipeline, get_pipeline, patch_variables,
+        attached::attach, attached::poll, attached::terminate,
         online::search, online::list_models, online::list_datasets, online::model_metrics, online::item_stream,
     ),
     components(schemas(
@@ -46,6 +48,7 @@ use utoipa::OpenApi;
         StatusView, PipelineExecuteRequest, VariableValue, OnlineEmbedRequest, OnlineEmbedResponse,
         online::SearchRequest, online::SearchResponse, online::SearchTiming, online::ModelRef, crate::search::Hit,
         online::ModelList, online::ModelSummary, online::DatasetSummary,
+        crate::attached::AttachRequest, crate::attached::AttachedView,
     )),
     modifiers(&BearerAuth),
     tags(
@@ -54,6 +57,7 @@ use utoipa::OpenApi;
         (name = "pipelines", description = "Pipelines and their variables"),
         (name = "service", description = "Health, readiness, info, metrics"),
         (name = "search", description = "Semantic search and what the search page reads"),
+        (name = "attached", description = "Attached mode: nodes run for the platform's executions (dataloop/runner.py)"),
     )
 )]
 pub struct ApiDoc;
@@ -96,6 +100,9 @@ pub fn router(worker: Worker) -> Router {
         .route("/executions", post(create_execution).get(list_executions))
         .route("/executions/{id}", get(get_execution))
         .route("/executions/{id}/terminate", post(terminate_execution))
+        .route("/attached", post(attached::attach))
+        .route("/attached/{id}", get(attached::poll))
+        .route("/attached/{id}/terminate", post(attached::terminate))
         .route("/pipelines/{id}", get(get_pipeline))
         .route("/pipelines/{id}/execute", post(execute_pipeline))
         .route("/pipelines/{id}/variables", patch(patch_variables))
@@ -586,12 +593,18 @@ async fn list_executions(
         None => None,
         Some(f) => Some(Function::parse(f)?.as_str().to_string()),
     };
+    if w.config.attached && w.attached_service().is_none() {
+        // No execution handed over yet: no service known, nothing of ours to list.
+        return Ok(Json(vec![]));
+    }
     let list = w
         .list(&ExecutionQuery {
             status,
             function_name: function,
             pipeline_id: params.pipeline_id,
             pipeline_execution_id: params.pipeline_execution_id,
+            // Attached: this service's executions only.
+            service_id: w.config.attached.then(|| w.attached_service()).flatten(),
             limit: params.limit.unwrap_or(100),
         })
         .await?;
