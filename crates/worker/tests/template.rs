@@ -335,10 +335,14 @@ fn the_modules_are_the_custom_node_and_the_adapters_functions() {
         ]
     );
     for c in m["components"]["computeConfigs"].as_array().unwrap() {
-        assert!(c["runtime"]["runnerImage"]
-            .as_str()
-            .unwrap()
-            .starts_with("gcr.io/viewo-g/piper/agent/runner/apps/cliptune:"));
+        // A registry path tagged with the app's version (the image of the Dockerfile's
+        // `dataloop` target, pushed; docs/dataloop.md), not a name only one machine knows.
+        let image = c["runtime"]["runnerImage"].as_str().unwrap();
+        let version = m["version"].as_str().unwrap();
+        assert!(
+            image.contains('/') && image.ends_with(&format!(":{version}")),
+            "{image}"
+        );
     }
 }
 
