@@ -9,6 +9,7 @@ gate's records show what the platform would see.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,21 @@ from conftest import ROOT
 sys.path.insert(0, os.path.join(ROOT, "dataloop"))
 
 SERVICE = "cliptune"
+_DIRS = []
+
+
+def scratch(prefix):
+    """A temporary directory removed after this module (ViT-B/32 runs leave gigabytes)."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    _DIRS.append(d)
+    return d
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _clean_up():
+    yield
+    for d in _DIRS:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def cliptune_bin():
@@ -34,7 +50,7 @@ def cliptune_bin():
 @pytest.fixture(scope="module")
 def world(dl, gate):
     """A captioned dataset (demo shapes), a tiny base model with real weights, two services."""
-    data = tempfile.mkdtemp(prefix="cliptune-runner-data-")
+    data = scratch("cliptune-runner-data-")
     run = lambda *a: subprocess.run([cliptune_bin(), *a], check=True, capture_output=True, text=True).stdout
     run("demo", "data", "--out", data, "--count", "24", "--size", "32", "--seed", "3")
     run("models", "create", "--arch", os.path.join(data, "arch.json"), "--name", "tiny", "--seed", "0",
@@ -80,8 +96,10 @@ class Replica:
     def __init__(self, dl, world, name, env, model_entity=None):
         import runner
         self.dl, self.world, self.name = dl, world, name
-        home = tempfile.mkdtemp(prefix=f"cliptune-{name}-")
+        home = scratch(f"cliptune-{name}-")
         saved = dict(os.environ)
+        for k in ("DATALOOP_TOKEN", "DATALOOP_API_KEY", "DATALOOP_BOT_USERNAME"):
+            os.environ.pop(k, None)
         os.environ.update(env, CLIPTUNE_BIN=cliptune_bin(), CLIPTUNE_HOME=home,
                           DATALOOP_PROJECT_ID=world["project"].id, CLIPTUNE_POLL_SECONDS="0.3",
                           CLIPTUNE_DEVICE="cpu", CLIPTUNE_SERVICE_ID=world["service"])
@@ -174,8 +192,16 @@ def _create_input(world, config):
             "model_configuration": config}
 
 
+def pod_env(gate):
+    """What the agent gives a pod: no credentials, a local proxy that hands out JWTs, and the
+    gate's internal address. (The gate serves /get_jwt on its own port.)"""
+    port = gate.info["host"].rsplit(":", 1)[1]
+    return {"DTLPY_REFRESH_TOKEN_METHOD": "proxy", "AGENT_PROXY_MAIN_PORT": port,
+            "INTERNAL_REQUESTS_URL": gate.url}
+
+
 def test_create_train_update_variable_embed_through_the_runner(dl, gate, world):
-    replica = Replica(dl, world, "solo", {})
+    replica = Replica(dl, world, "solo", pod_env(gate))
     try:
         config = {"num_epochs": 2, "batch_size": 8, "eval_batch_size": 8, "learning_rate": 1e-3,
                   "early_stopping": False}
@@ -208,7 +234,7 @@ def test_create_train_update_variable_embed_through_the_runner(dl, gate, world):
         # The embedding service is deployed with the newest model as its init input.
         newest = dl.models.get(model_id={v.name: v.value for v in dl.pipelines.get(
             pipeline_id=pipeline.id).variables}["Newest CLIP model"])
-        embedder = Replica(dl, world, "embed", {}, model_entity=newest)
+        embedder = Replica(dl, world, "embed", pod_env(gate), model_entity=newest)
         try:
             e = _execute(dl, world, "embed_dataset", {"dataset": {"dataset_id": world["dataset"].id}})
             out = embedder.run(replica_claim(embedder, e))
@@ -322,3 +348,49 @@ def wait_success(dl, execution_id, timeout=300):
             pytest.fail(f"execution {execution_id} failed: {e.latest_status}")
         time.sleep(0.2)
     pytest.fail(f"execution {execution_id} did not succeed within {timeout} s: {e.latest_status}")
+
+
+def test_an_artifactless_base_model_needs_the_weights_dir(dl, gate, world):
+    """Dataloop's marketplace `openai-clip` carries no files: its weights are OpenAI's checkpoint
+    named by `model_name`, which the runner image ships in CLIPTUNE_WEIGHTS_DIR."""
+    empty = scratch("cliptune-no-artifacts-")
+    market = gate.control("POST", "models", {"name": f"openai-clip-{time.monotonic_ns()}", "status": "pre-trained",
+                                             "configuration": {"model_name": "ViT-B/32", "embeddings_size": 512},
+                                             "artifactsDir": empty})
+    assert market["artifacts"] == []
+    config = {"num_epochs": 1, "batch_size": 8, "eval_batch_size": 8, "learning_rate": 1e-5,
+              "early_stopping": False}
+    inputs = dict(_create_input(world, config), base_model={"model_id": market["id"]})
+
+    replica = Replica(dl, world, "no-weights", pod_env(gate))
+    try:
+        failed = replica.run(replica_claim(replica, _execute(dl, world, "create_model", inputs)))
+    finally:
+        replica.runner.close()
+    assert isinstance(failed, Exception) and "CLIPTUNE_WEIGHTS_DIR" in str(failed) \
+        and "ViT-B-32.pt" in str(failed), failed
+
+    weights = scratch("cliptune-weights-")
+    # Random weights in OpenAI's architecture: no pretrained ones are reachable here.
+    subprocess.run([cliptune_bin(), "models", "create", "--preset", "ViT-B/32", "--name", "b32", "--seed", "0",
+                    "--out", os.path.join(weights, "ViT-B-32")], check=True, capture_output=True)
+    replica = Replica(dl, world, "weights", dict(pod_env(gate), CLIPTUNE_WEIGHTS_DIR=weights))
+    try:
+        new = _models(replica.run(replica_claim(replica, _execute(dl, world, "create_model", inputs))))[0]
+        trained = replica.run(replica_claim(replica, _execute(dl, world, "train_model",
+                                                              {"model": {"model_id": new.id}})))
+        assert not isinstance(trained, Exception), trained
+        assert dl.models.get(model_id=new.id).status == "trained"
+        assert dl.models.get(model_id=new.id).model_artifacts, "the trained model stores its weights"
+    finally:
+        replica.runner.close()
+    embedder = Replica(dl, world, "weights-embed", dict(pod_env(gate), CLIPTUNE_WEIGHTS_DIR=weights),
+                       model_entity=dl.models.get(model_id=market["id"]))
+    try:
+        out = embedder.run(replica_claim(embedder, _execute(dl, world, "embed_dataset",
+                                                            {"dataset": {"dataset_id": world["dataset"].id}})))
+        assert not isinstance(out, Exception), out
+    finally:
+        embedder.runner.close()
+    vectors = gate_vectors(dl, world["project"].id, market["id"])
+    assert len(vectors) == world["items"] and len(vectors[0]["value"]) == 512

@@ -118,7 +118,7 @@ pub(crate) async fn handle(AxState(state): AxState<Shared>, req: Request) -> Res
         }
         ReqBody::Multipart(parts)
     } else {
-        let bytes = match axum::body::to_bytes(req.into_body(), 256 << 20).await {
+        let bytes = match axum::body::to_bytes(req.into_body(), 1 << 30).await {
             Ok(b) => b,
             Err(e) => return bad(format!("unreadable body: {e}")),
         };

@@ -287,7 +287,8 @@ impl FakeGate {
         let state = Arc::new(Mutex::new(st));
         let app = Router::new()
             .fallback(http::handle)
-            .layer(DefaultBodyLimit::max(256 << 20))
+            // A ViT-B/32 checkpoint (about 600 MB) is one artifact upload.
+            .layer(DefaultBodyLimit::max(1 << 30))
             .with_state(state.clone());
         tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
