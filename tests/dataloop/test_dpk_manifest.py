@@ -46,3 +46,29 @@ def test_pipeline_nodes_name_existing_functions(dpk):
         ns = node.get("namespace") or {}
         if ns.get("packageName") == dpk.name:
             assert (ns["moduleName"], ns["functionName"]) in functions, node["name"]
+
+
+def test_entry_points_hold_the_class_and_every_function(dpk):
+    """What the agent will import: each module's entry point file, its class, a method per
+    function taking the declared inputs by name (plus the agent's `progress` and `context`),
+    and the init inputs as constructor arguments."""
+    import importlib.util
+    import inspect
+
+    for module in dpk.components.modules:
+        path = os.path.join(ROOT, module.entry_point)
+        assert os.path.isfile(path), f"{module.name}: no entry point {module.entry_point}"
+        spec = importlib.util.spec_from_file_location(f"entry_{module.name.replace('-', '_')}", path)
+        code = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(code)
+        cls = getattr(code, module.class_name)
+        init = inspect.signature(cls.__init__).parameters
+        for i in module.init_inputs or []:
+            assert i.name in init, (module.name, "init", i.name)
+        for function in module.functions:
+            method = getattr(cls, function.name, None)
+            assert callable(method), (module.name, function.name)
+            params = inspect.signature(method).parameters
+            for i in function.inputs or []:
+                assert i.name in params, (module.name, function.name, i.name)
+            assert "progress" in params and "context" in params, (module.name, function.name)
