@@ -281,10 +281,10 @@ def test_two_replicas_another_service_and_a_kill_9(dl, gate, world):
     theirs = [_execute(dl, world, "train_model", {"model": {"model_id": world["base"].id}}, world["other"]),
               _execute(dl, world, "train", {"model": {"model_id": world["base"].id}}, world["other"])]
     dl.executions.progress_update(execution_id=theirs[1].id, status="in-progress", percent_complete=10)
-    time.sleep(2.5)  # older than the replicas' stale limit: only the service filter protects it
+    time.sleep(6.5)  # older than the replicas' stale limit: only the service filter protects it
     before = [dl.executions.get(execution_id=t.id).to_json() for t in theirs]
 
-    env = {"CLIPTUNE_STALE_SECONDS": "2"}
+    env = {"CLIPTUNE_STALE_SECONDS": "6"}
     a, b = Replica(dl, world, "a", env), Replica(dl, world, "b", env)
     stop = threading.Event()
     try:
