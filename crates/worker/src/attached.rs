@@ -210,9 +210,9 @@ impl Worker {
             })
             .await;
         }
-        Ok(self
-            .attached_view(id)
-            .expect("run kept while its runner may read it"))
+        // Evicted while waiting (more than KEEP_FINISHED runs ended since): an error, never a panic.
+        self.attached_view(id)
+            .ok_or_else(|| WorkerError::NotFound(format!("attached execution {id} was dropped")))
     }
 
     /// Asks a handed-over execution to stop (the agent's termination, relayed).
