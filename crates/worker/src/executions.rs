@@ -31,6 +31,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, watch, Notify};
 
+/// The service name of the executions a plain (not attached) worker creates, and the only
+/// ones its restart recovery touches.
+pub const SERVICE_NAME: &str = "cliptune";
+
 /// The functions a worker serves: the template's nodes, the model adapter's functions
 /// (`train_model` is [`Function::Train`]; `embed_items`, `embed_dataset`), pipeline runs.
 #[derive(
@@ -483,7 +487,7 @@ impl Worker {
             .platform
             .create_execution(NewExecution {
                 function_name: function.as_str().to_string(),
-                service_name: Some("cliptune".into()),
+                service_name: Some(SERVICE_NAME.into()),
                 pipeline,
                 input,
             })
@@ -828,7 +832,8 @@ impl Worker {
         Ok(self.platform.get_execution(id).await?)
     }
 
-    /// Fails or re-queues executions a previous process left unfinished (see the module doc).
+    /// Fails or re-queues executions of this worker's service that a previous process left
+    /// unfinished (see the module doc).
     pub async fn recover(&self) -> Result<Recovery> {
         let mut all = self
             .platform
@@ -839,6 +844,10 @@ impl Worker {
         // Nodes before pipeline runs, so that a resumed run sees its nodes' final state.
         all.sort_by_key(|e| e.function_name == Function::Pipeline.as_str());
         for e in all {
+            // Executions of other services (other apps in the project) are theirs to recover.
+            if e.service_name.as_deref() != Some(SERVICE_NAME) {
+                continue;
+            }
             let Ok(function) = Function::parse(&e.function_name) else {
                 continue;
             };

@@ -26,4 +26,4 @@ pub mod template;
 
 pub use config::{Backend, WorkerConfig};
 pub use error::{Result, WorkerError};
-pub use executions::{Function, Worker};
+pub use executions::{Function, Worker, SERVICE_NAME};

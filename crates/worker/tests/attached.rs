@@ -3,7 +3,7 @@
 
 mod pipeline_fixture;
 
-use cliptune_store::{NewExecution, Platform};
+use cliptune_store::{ExecutionStatus, NewExecution, Platform};
 use cliptune_worker::attached::AttachRequest;
 use cliptune_worker::WorkerError;
 use pipeline_fixture as fx;
@@ -36,6 +36,10 @@ async fn only_attached_workers_take_only_their_own_services_executions() {
         "{err}"
     );
     plain.shutdown().await;
+    // A plain worker's restart recovery leaves another service's execution alone.
+    let untouched = s.store.get_execution(&theirs.id).await.unwrap();
+    assert_eq!(untouched.status, ExecutionStatus::Created);
+    assert_eq!(untouched.status_log, theirs.status_log);
 
     let mut config = fx::config();
     config.attached = true;

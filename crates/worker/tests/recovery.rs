@@ -23,7 +23,7 @@ async fn a_restart_fails_or_requeues_what_a_dead_process_left() {
             store
                 .create_execution(NewExecution {
                     function_name: function,
-                    service_name: None,
+                    service_name: Some(cliptune_worker::SERVICE_NAME.into()),
                     pipeline: None,
                     input,
                 })

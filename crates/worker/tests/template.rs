@@ -572,7 +572,7 @@ async fn copy_node(s: &fx::Store, e: &Execution, run_id: &str, input: Value) -> 
         .store
         .create_execution(NewExecution {
             function_name: e.function_name.clone(),
-            service_name: None,
+            service_name: Some(cliptune_worker::SERVICE_NAME.into()),
             pipeline: Some(pipeline),
             input,
         })
@@ -626,7 +626,7 @@ async fn a_resumed_run_reuses_the_branch_executions_that_finished() {
             store
                 .create_execution(NewExecution {
                     function_name: "pipeline".into(),
-                    service_name: None,
+                    service_name: Some(cliptune_worker::SERVICE_NAME.into()),
                     pipeline: Some(ExecutionPipeline {
                         id: pid.clone(),
                         node_id: None,
