@@ -209,7 +209,7 @@ fn execute(ctx: &Ctx, name: &str, vars: &[String], device: &str, batch: usize) -
     let started = Instant::now();
     let (run, nodes) = runtime()?.block_on(async {
         let worker = Worker::start(store.clone(), config, ctx.home.clone()).await?;
-        let run = pipeline::execute(&worker, name, &values).await?;
+        let run = worker.execute_pipeline(name, &values).await?;
         let bar = output::percent_bar(ctx);
         let waiting = worker.wait(&run.id);
         tokio::pin!(waiting);

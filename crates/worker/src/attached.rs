@@ -11,7 +11,7 @@
 //! again for a live replica. Executions of other services are refused and never touched.
 
 use crate::error::{Result, WorkerError};
-use crate::executions::{Control, Function, Worker};
+use crate::executions::{Function, Worker};
 use cliptune_store::{ExecutionQuery, ExecutionStatus, Id};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -147,7 +147,7 @@ impl Worker {
                 execution.status.as_str()
             )));
         }
-        let own = self.attached.service();
+        let own = self.attached().service();
         match (&own, &execution.service_id) {
             (Some(own), Some(theirs)) if own != theirs => {
                 return Err(WorkerError::Conflict(format!(
@@ -155,7 +155,7 @@ impl Worker {
                 )))
             }
             (None, Some(theirs)) => {
-                *self.attached.service.lock().expect("service lock") = Some(theirs.clone());
+                *self.attached().service.lock().expect("service lock") = Some(theirs.clone());
                 tracing::info!(service = %theirs, "serving the service of the first execution");
             }
             _ => {}
@@ -170,7 +170,7 @@ impl Worker {
             progress_tx: Mutex::new(Some(tx)),
             outcome: watch::channel(None).0,
         });
-        self.attached
+        self.attached()
             .runs
             .lock()
             .expect("runs lock")
@@ -181,12 +181,12 @@ impl Worker {
 
     /// The service this worker serves in attached mode, once known.
     pub fn attached_service(&self) -> Option<Id> {
-        self.attached.service()
+        self.attached().service()
     }
 
     /// The run of a handed-over execution, if this worker has it.
     pub fn attached_view(&self, id: &str) -> Option<AttachedView> {
-        let run = self.attached.run(id)?;
+        let run = self.attached().run(id)?;
         let running = self.control(id).is_some_and(|c| c.is_running());
         Some(run.view(&id.to_string(), running))
     }
@@ -196,7 +196,7 @@ impl Worker {
     pub async fn wait_attached(&self, id: &str, wait: Duration) -> Result<AttachedView> {
         self.attached_only()?;
         let run = self
-            .attached
+            .attached()
             .run(id)
             .ok_or_else(|| WorkerError::NotFound(format!("no attached execution {id} here")))?;
         if run.outcome.borrow().is_none() {
@@ -222,7 +222,7 @@ impl Worker {
             .attached_view(id)
             .ok_or_else(|| WorkerError::NotFound(format!("no attached execution {id} here")))?;
         if let Some(c) = self.control(id) {
-            c.stop(crate::executions::StopReason::Terminate);
+            c.stop(crate::ctx::StopReason::Terminate);
         }
         Ok(view)
     }
@@ -230,18 +230,18 @@ impl Worker {
     /// Records how a handed-over execution ended; keeps the last [`KEEP_FINISHED`].
     pub(crate) fn finish_attached(&self, id: &Id, run: &AttachedRun, outcome: Outcome) {
         run.outcome.send_replace(Some(outcome));
-        let mut finished = self.attached.finished.lock().expect("finished lock");
+        let mut finished = self.attached().finished.lock().expect("finished lock");
         finished.push(id.clone());
         if finished.len() > KEEP_FINISHED {
             let old = finished.remove(0);
-            self.attached.runs.lock().expect("runs lock").remove(&old);
+            self.attached().runs.lock().expect("runs lock").remove(&old);
         }
     }
 
     /// Reruns stale executions of this worker's service (see the module doc). Pages of the
     /// listing are the platform's (100 on Dataloop's FaaS queries).
     pub async fn sweep_stale(&self) -> Result<Vec<Id>> {
-        let Some(service) = self.attached.service() else {
+        let Some(service) = self.attached().service() else {
             return Ok(vec![]);
         };
         let stale = self.config.stale_seconds as f64;
@@ -297,11 +297,5 @@ impl Worker {
                 tokio::time::sleep(every).await;
             }
         });
-    }
-}
-
-impl Control {
-    pub(crate) fn is_running(&self) -> bool {
-        self.running.load(std::sync::atomic::Ordering::SeqCst)
     }
 }

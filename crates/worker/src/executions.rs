@@ -13,110 +13,41 @@
 //! `update-variable` sets the same value, pipeline runs reuse finished nodes) or else fails
 //! them (`create-model`). Executions that never started (`created`, `rerun`) are queued again.
 
-use crate::attached::{AttachedRun, Outcome};
+use crate::attached::AttachedRun;
 use crate::config::WorkerConfig;
+use crate::ctx::{Env, StopReason};
 use crate::device::DeviceHandle;
 use crate::error::{Result, WorkerError};
 use crate::metrics::{Gauges, Metrics};
+use crate::nodes::{BASE_MODEL_VARIABLE, DATASET_VARIABLE, NEWEST_MODEL_VARIABLE};
 use cliptune_store::{
     Execution, ExecutionPipeline, ExecutionProgress, ExecutionQuery, ExecutionStatus, Id,
-    ModelStatus, NewExecution, Platform,
+    ModelStatus, NewExecution, Platform, VariableUpdate,
 };
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, mpsc, watch, Notify};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::run::Attached;
+pub use crate::run::Control;
 
 /// The service name of the executions a plain (not attached) worker creates, and the only
 /// ones its restart recovery touches.
 pub const SERVICE_NAME: &str = "cliptune";
 
-/// The functions a worker serves: the template's nodes, the model adapter's functions
-/// (`train_model` is [`Function::Train`]; `embed_items`, `embed_dataset`), pipeline runs.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, utoipa::ToSchema,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum Function {
-    CreateModel,
-    Train,
-    UpdateVariable,
-    /// cliptune's own embedding node: a dataset (`filter`) or a list of items, counts out.
-    Embed,
-    /// The adapter's `embed_items(items)`: the items and their vectors out.
-    EmbedItems,
-    /// The adapter's `embed_dataset(dataset, filters)`.
-    EmbedDataset,
-    /// A pipeline run: drives the node executions in order.
-    Pipeline,
-}
+pub use crate::function::Function;
 
-impl Function {
-    pub const ALL: [Function; 7] = [
-        Self::CreateModel,
-        Self::Train,
-        Self::UpdateVariable,
-        Self::Embed,
-        Self::EmbedItems,
-        Self::EmbedDataset,
-        Self::Pipeline,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::CreateModel => "create-model",
-            Self::Train => "train",
-            Self::UpdateVariable => "update-variable",
-            Self::Embed => "embed",
-            Self::EmbedItems => "embed-items",
-            Self::EmbedDataset => "embed-dataset",
-            Self::Pipeline => "pipeline",
-        }
-    }
-
-    /// Our names, plus the ones dataloop.json's modules, Dataloop's CLIP adapter and its
-    /// template use (`create_model`, `train_model`, `embed_items`, `embed_dataset`, ...).
-    pub fn parse(name: &str) -> Result<Self> {
-        let n = name.trim().to_ascii_lowercase().replace('_', "-");
-        Ok(match n.as_str() {
-            "create-model" | "create-new-model" | "clone-model" => Self::CreateModel,
-            "train" | "train-model" => Self::Train,
-            "update-variable" | "update-newest-model" | "update-model-variable" => {
-                Self::UpdateVariable
-            }
-            "embed" | "extract-features" => Self::Embed,
-            "embed-items" => Self::EmbedItems,
-            "embed-dataset" => Self::EmbedDataset,
-            "pipeline" | "run-pipeline" | "execute-pipeline" => Self::Pipeline,
-            _ => return Err(WorkerError::UnknownFunction(name.to_string())),
-        })
-    }
-
-    fn lane(self) -> Option<Lane> {
-        match self {
-            Self::Train => Some(Lane::Device),
-            Self::Embed | Self::EmbedItems | Self::EmbedDataset => Some(Lane::Embed),
-            _ => None,
-        }
-    }
-
-    /// Running it again after an interruption gives the same result without duplicates:
-    /// training resumes from its last completed epoch (its run directory is per model),
-    /// embedding skips items that have a vector, a pipeline run reuses finished nodes.
-    pub fn idempotent(self) -> bool {
-        matches!(
-            self,
-            Self::Train
-                | Self::UpdateVariable
-                | Self::Embed
-                | Self::EmbedItems
-                | Self::EmbedDataset
-                | Self::Pipeline
-        )
+/// The queue an execution of `function` waits in, if any (the others start at once).
+fn lane(function: Function) -> Option<Lane> {
+    match function {
+        Function::Train => Some(Lane::Device),
+        Function::Embed | Function::EmbedItems | Function::EmbedDataset => Some(Lane::Embed),
+        _ => None,
     }
 }
 
@@ -135,107 +66,6 @@ impl Lane {
     }
 }
 
-/// Why an execution was asked to stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopReason {
-    Terminate,
-    Shutdown,
-}
-
-/// The handle a queued or running execution is controlled through.
-pub struct Control {
-    function: Function,
-    cancel: Arc<AtomicBool>,
-    reason: Mutex<Option<StopReason>>,
-    notify: Notify,
-    pub(crate) running: AtomicBool,
-    /// Set for an execution the platform handed over (attached mode).
-    attached: Option<Attached>,
-}
-
-/// What an attached execution runs with: the platform's execution is not re-read.
-struct Attached {
-    run: Arc<AttachedRun>,
-    input: Value,
-    pipeline: Option<ExecutionPipeline>,
-}
-
-impl Control {
-    fn new(function: Function, attached: Option<Attached>) -> Arc<Self> {
-        Arc::new(Self {
-            function,
-            cancel: Arc::new(AtomicBool::new(false)),
-            reason: Mutex::new(None),
-            notify: Notify::new(),
-            running: AtomicBool::new(false),
-            attached,
-        })
-    }
-
-    pub(crate) fn stop(&self, reason: StopReason) {
-        let mut r = self.reason.lock().expect("control lock");
-        if r.is_none() {
-            *r = Some(reason);
-        }
-        self.cancel.store(true, Ordering::SeqCst);
-        self.notify.notify_waiters();
-    }
-
-    fn stop_reason(&self) -> Option<StopReason> {
-        *self.reason.lock().expect("control lock")
-    }
-}
-
-/// What a node gets while it runs: the worker, its execution, progress and termination.
-#[derive(Clone)]
-pub struct NodeCtx {
-    pub worker: Worker,
-    pub execution_id: Id,
-    pub pipeline: Option<ExecutionPipeline>,
-    control: Arc<Control>,
-    progress: Arc<watch::Sender<(u32, String)>>,
-}
-
-impl NodeCtx {
-    /// Reports progress (0..=100) and a message; cheap, callable from any thread.
-    /// Writes are coalesced: only the latest report waiting is stored.
-    pub fn progress(&self, percent: u32, message: impl Into<String>) {
-        let _ = self.progress.send((percent.min(100), message.into()));
-    }
-
-    /// `Err(Terminated)` once termination or shutdown was requested: call between steps.
-    pub fn check(&self) -> Result<()> {
-        if self.control.cancel.load(Ordering::SeqCst) {
-            Err(WorkerError::Terminated(match self.control.stop_reason() {
-                Some(StopReason::Shutdown) => "the worker is shutting down".into(),
-                _ => "termination requested".into(),
-            }))
-        } else {
-            Ok(())
-        }
-    }
-
-    /// The flag the training engine polls between steps.
-    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
-        self.control.cancel.clone()
-    }
-
-    /// Resolves once termination or shutdown is requested.
-    pub async fn cancelled(&self) {
-        loop {
-            let notified = self.control.notify.notified();
-            if self.control.cancel.load(Ordering::SeqCst) {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    pub fn stop_reason(&self) -> Option<StopReason> {
-        self.control.stop_reason()
-    }
-}
-
 /// The shared state of a worker. Cheap to clone.
 #[derive(Clone)]
 pub struct Worker {
@@ -243,13 +73,8 @@ pub struct Worker {
 }
 
 pub struct Shared {
-    pub platform: Arc<dyn Platform>,
-    pub config: WorkerConfig,
-    pub device: DeviceHandle,
-    pub metrics: Metrics,
-    /// Model downloads and training checkpoints.
-    pub work_dir: PathBuf,
-    pub started: Instant,
+    env: Arc<Env>,
+    started: Instant,
     controls: Mutex<HashMap<Id, Arc<Control>>>,
     device_lane: mpsc::UnboundedSender<Id>,
     embed_lane: mpsc::UnboundedSender<Id>,
@@ -258,8 +83,6 @@ pub struct Shared {
     queued_device: AtomicUsize,
     queued_embed: AtomicUsize,
     lock: Mutex<Option<StoreLock>>,
-    /// `config.embed_precision` resolved for the device.
-    pub embed_precision: cliptune_train::Precision,
     /// Executions handed over by the platform (attached mode).
     pub(crate) attached: crate::attached::Registry,
 }
@@ -312,10 +135,12 @@ impl StoreLock {
     }
 }
 
+/// A worker shows its environment (platform, configuration, device, metrics); the queue's
+/// state stays inside.
 impl std::ops::Deref for Worker {
-    type Target = Shared;
-    fn deref(&self) -> &Shared {
-        &self.inner
+    type Target = Env;
+    fn deref(&self) -> &Env {
+        &self.inner.env
     }
 }
 
@@ -370,7 +195,7 @@ impl Worker {
         home: PathBuf,
     ) -> Result<Self> {
         let worker = Self::open(platform, config, home, false)?;
-        worker.accepting.store(false, Ordering::SeqCst);
+        worker.inner.accepting.store(false, Ordering::SeqCst);
         Ok(worker)
     }
 
@@ -404,12 +229,14 @@ impl Worker {
         let (ended, _) = broadcast::channel(256);
         let worker = Worker {
             inner: Arc::new(Shared {
-                platform,
-                config,
-                device,
-                embed_precision,
-                metrics: Metrics::default(),
-                work_dir,
+                env: Arc::new(Env {
+                    platform,
+                    config,
+                    device,
+                    embed_precision,
+                    metrics: Metrics::default(),
+                    work_dir,
+                }),
                 started: Instant::now(),
                 controls: Mutex::new(HashMap::new()),
                 device_lane: device_tx,
@@ -443,12 +270,22 @@ impl Worker {
         weak.upgrade().map(|inner| Worker { inner })
     }
 
-    pub fn platform(&self) -> &Arc<dyn Platform> {
-        &self.inner.platform
+    /// The environment nodes run in.
+    pub fn env(&self) -> Arc<Env> {
+        self.inner.env.clone()
+    }
+
+    pub(crate) fn attached(&self) -> &crate::attached::Registry {
+        &self.inner.attached
+    }
+
+    /// Time since the worker started.
+    pub fn uptime(&self) -> Duration {
+        self.inner.started.elapsed()
     }
 
     pub fn is_accepting(&self) -> bool {
-        self.accepting.load(Ordering::SeqCst)
+        self.inner.accepting.load(Ordering::SeqCst)
     }
 
     /// Creates an execution of `function` with `input` and queues it. The input is checked
@@ -473,7 +310,7 @@ impl Worker {
         }
         crate::nodes::validate_input(function, &input)?;
         crate::nodes::check_refs(function, &input, &*self.platform).await?;
-        if let Some(lane) = function.lane() {
+        if let Some(lane) = lane(function) {
             let queued = self.queued(lane).load(Ordering::SeqCst);
             if queued >= self.config.max_queue {
                 return Err(WorkerError::Overloaded(format!(
@@ -498,8 +335,8 @@ impl Worker {
 
     fn queued(&self, lane: Lane) -> &AtomicUsize {
         match lane {
-            Lane::Device => &self.queued_device,
-            Lane::Embed => &self.queued_embed,
+            Lane::Device => &self.inner.queued_device,
+            Lane::Embed => &self.inner.queued_embed,
         }
     }
 
@@ -526,16 +363,17 @@ impl Worker {
 
     fn enqueue_control(&self, id: &Id, control: Arc<Control>) {
         let function = control.function;
-        self.controls
+        self.inner
+            .controls
             .lock()
             .expect("controls lock")
             .insert(id.clone(), control);
-        match function.lane() {
+        match lane(function) {
             Some(lane) => {
                 self.queued(lane).fetch_add(1, Ordering::SeqCst);
                 let tx = match lane {
-                    Lane::Device => &self.device_lane,
-                    Lane::Embed => &self.embed_lane,
+                    Lane::Device => &self.inner.device_lane,
+                    Lane::Embed => &self.inner.embed_lane,
                 };
                 let _ = tx.send(id.clone());
             }
@@ -548,221 +386,88 @@ impl Worker {
     }
 
     pub(crate) fn control(&self, id: &str) -> Option<Arc<Control>> {
-        self.controls
+        self.inner
+            .controls
             .lock()
             .expect("controls lock")
             .get(id)
             .cloned()
     }
 
-    /// Runs one queued execution to its end.
-    async fn run(&self, id: Id) {
-        let Some(control) = self.control(&id) else {
-            return;
-        };
-        if let Some(lane) = control.function.lane() {
+    /// Counts an execution out of its lane's queue as it starts.
+    pub(crate) fn dequeued(&self, function: Function) {
+        if let Some(lane) = lane(function) {
             self.queued(lane).fetch_sub(1, Ordering::SeqCst);
         }
-        let function = control.function;
-        if let Some(attached) = &control.attached {
-            let outcome = self.run_attached(&id, &control, attached).await;
-            self.metrics
-                .record_execution(function.as_str(), outcome.state);
-            self.controls.lock().expect("controls lock").remove(&id);
-            self.finish_attached(&id, &attached.run, outcome);
-            let _ = self.ended.send(id);
-            return;
-        }
-        let status = match self.run_inner(&id, &control).await {
-            Ok(status) => status,
-            Err(e) => {
-                tracing::error!(execution = %id, error = %e, "execution bookkeeping failed");
-                let _ = self
-                    .platform
-                    .finish_execution(
-                        &id,
-                        ExecutionStatus::SystemFailure,
-                        None,
-                        Some(e.to_string()),
-                    )
-                    .await;
-                ExecutionStatus::SystemFailure
-            }
-        };
-        self.metrics
-            .record_execution(function.as_str(), status.as_str());
-        self.controls.lock().expect("controls lock").remove(&id);
-        let _ = self.ended.send(id);
     }
 
-    async fn run_inner(&self, id: &Id, control: &Arc<Control>) -> Result<ExecutionStatus> {
-        let execution = self.platform.get_execution(id).await?;
-        if execution.status.is_terminal() {
-            return Ok(execution.status);
-        }
-        if control.cancel.load(Ordering::SeqCst) {
-            return self.finish_stopped(id, control, "before it started").await;
-        }
-        control.running.store(true, Ordering::SeqCst);
-        self.platform
-            .progress_execution(
-                id,
-                ExecutionProgress {
-                    status: Some(ExecutionStatus::InProgress),
-                    percent_complete: Some(0),
-                    message: Some("started".into()),
-                    output: None,
-                },
-            )
-            .await?;
-        let (tx, mut rx) = watch::channel((0u32, String::from("started")));
-        let platform = self.platform.clone();
-        let writer_id = id.clone();
-        let writer = tokio::spawn(async move {
-            let mut written = (0u32, String::from("started"));
-            loop {
-                let changed = rx.changed().await;
-                let latest = rx.borrow_and_update().clone();
-                if latest != written {
-                    let update = ExecutionProgress {
-                        status: None,
-                        percent_complete: Some(latest.0),
-                        message: Some(latest.1.clone()),
-                        output: None,
-                    };
-                    if let Err(e) = platform.progress_execution(&writer_id, update).await {
-                        tracing::warn!(execution = %writer_id, error = %e, "progress not stored");
-                    }
-                    written = latest;
-                }
-                if changed.is_err() {
-                    break;
-                }
-            }
-        });
-        let ctx = NodeCtx {
-            worker: self.clone(),
-            execution_id: id.clone(),
-            pipeline: execution.pipeline.clone(),
-            control: control.clone(),
-            progress: Arc::new(tx),
-        };
-        let function = control.function;
-        let result = crate::nodes::run(function, &execution.input, &ctx).await;
-        drop(ctx);
-        let _ = writer.await;
-        match result {
-            Ok(output) => {
-                self.platform
-                    .finish_execution(id, ExecutionStatus::Success, Some(output), None)
-                    .await?;
-                Ok(ExecutionStatus::Success)
-            }
-            Err(e) if e.is_termination() => self.finish_stopped(id, control, "while running").await,
-            Err(e) => {
-                tracing::warn!(execution = %id, function = function.as_str(), error = %e, "execution failed");
-                self.platform
-                    .finish_execution(id, ExecutionStatus::Failed, None, Some(e.to_string()))
-                    .await?;
-                Ok(ExecutionStatus::Failed)
-            }
-        }
+    /// Drops a finished execution's control and tells its waiters.
+    pub(crate) fn forget(&self, id: &Id) {
+        self.inner
+            .controls
+            .lock()
+            .expect("controls lock")
+            .remove(id);
+        let _ = self.inner.ended.send(id.clone());
     }
 
-    /// Runs a handed-over execution's node; the platform record is the agent's to write.
-    async fn run_attached(&self, id: &Id, control: &Arc<Control>, a: &Attached) -> Outcome {
-        let stopped = |when: &str| Outcome {
-            state: "terminated",
-            output: Value::Null,
-            error: Some(match control.stop_reason() {
-                Some(StopReason::Shutdown) => format!("the worker shut down {when}"),
-                _ => format!("terminated {when}"),
-            }),
-        };
-        if control.cancel.load(Ordering::SeqCst) {
-            return stopped("before it started");
-        }
-        let Some(tx) = a.run.progress_tx.lock().expect("progress lock").take() else {
-            return Outcome {
-                state: "failed",
-                output: Value::Null,
-                error: Some("internal: the run started twice".into()),
-            };
-        };
-        control.running.store(true, Ordering::SeqCst);
-        let _ = tx.send((0, "started".into()));
-        let ctx = NodeCtx {
-            worker: self.clone(),
-            execution_id: id.clone(),
-            pipeline: a.pipeline.clone(),
-            control: control.clone(),
-            progress: Arc::new(tx),
-        };
-        let result = crate::nodes::run(control.function, &a.input, &ctx).await;
-        match result {
-            Ok(output) => Outcome {
-                state: "success",
-                output,
-                error: None,
-            },
-            Err(e) if e.is_termination() => stopped("while running"),
-            Err(e) => {
-                tracing::warn!(execution = %id, function = control.function.as_str(), error = %e, "attached execution failed");
-                Outcome {
-                    state: "failed",
-                    output: Value::Null,
-                    error: Some(e.to_string()),
-                }
-            }
-        }
-    }
-
-    /// Ends an execution that was stopped: terminated ones are `aborted` (running) or
-    /// `canceled` (queued); on shutdown, idempotent ones become `rerun` so the next start
-    /// queues them again, the others fail.
-    async fn finish_stopped(
+    /// Starts a run of `pipeline` after writing `values` into its variables. On the first run
+    /// an empty "Newest CLIP model" takes the base model's id, as the template does.
+    pub async fn execute_pipeline(
         &self,
-        id: &Id,
-        control: &Control,
-        when: &str,
-    ) -> Result<ExecutionStatus> {
-        let running = control.running.load(Ordering::SeqCst);
-        match control.stop_reason() {
-            Some(StopReason::Shutdown) if control.function.idempotent() || !running => {
-                self.platform
-                    .progress_execution(
-                        id,
-                        ExecutionProgress {
-                            status: Some(ExecutionStatus::Rerun),
-                            percent_complete: None,
-                            message: Some(format!(
-                                "interrupted by shutdown {when}; queued again when the worker restarts"
-                            )),
-                            output: None,
-                        },
-                    )
-                    .await?;
-                Ok(ExecutionStatus::Rerun)
-            }
-            Some(StopReason::Shutdown) => {
-                let message = format!("interrupted by shutdown {when}");
-                self.platform
-                    .finish_execution(id, ExecutionStatus::Failed, None, Some(message))
-                    .await?;
-                Ok(ExecutionStatus::Failed)
-            }
-            _ => {
-                let status = if running {
-                    ExecutionStatus::Aborted
-                } else {
-                    ExecutionStatus::Canceled
-                };
-                self.platform
-                    .finish_execution(id, status, None, Some(format!("terminated {when}")))
-                    .await?;
-                Ok(status)
+        pipeline: &str,
+        values: &[(String, Value)],
+    ) -> Result<cliptune_store::Execution> {
+        let platform = self.platform();
+        let p = platform.resolve_pipeline(pipeline).await?;
+        // Checked before anything is written, so a bad template changes nothing.
+        crate::template::check(&crate::template::Template {
+            name: p.name.clone(),
+            nodes: p.nodes.clone(),
+            connections: p.connections.clone(),
+            start_nodes: p.start_nodes.clone(),
+            variables: p.variables.clone(),
+        })?;
+        if !values.is_empty() {
+            crate::pipeline::set_variables(&**platform, &p, values).await?;
+        }
+        let p = platform.get_pipeline(&p.id).await?;
+        let newest = p.variable(NEWEST_MODEL_VARIABLE).map(|v| v.value.clone());
+        let base = p.variable(BASE_MODEL_VARIABLE).map(|v| v.value.clone());
+        if let (Some(Value::Null), Some(base @ Value::String(_))) = (newest, base) {
+            platform
+                .update_variables(
+                    &p.id,
+                    &[VariableUpdate {
+                        name: NEWEST_MODEL_VARIABLE.into(),
+                        value: base,
+                    }],
+                )
+                .await?;
+        }
+        for (var, kind) in [
+            (DATASET_VARIABLE, "dataset"),
+            (BASE_MODEL_VARIABLE, "model"),
+        ] {
+            if p.variable(var).is_some_and(|v| v.value.is_null()) {
+                return Err(WorkerError::input(
+                    var,
+                    format!(
+                        "the pipeline's {kind} variable is empty: set it (--var \"{var}=...\")"
+                    ),
+                ));
             }
         }
+        self.submit(
+            Function::Pipeline,
+            json!({"pipeline_id": p.id}),
+            Some(ExecutionPipeline {
+                id: p.id.clone(),
+                node_id: None,
+                execution_id: None,
+            }),
+        )
+        .await
     }
 
     pub async fn get(&self, id: &str) -> Result<Execution> {
@@ -775,7 +480,7 @@ impl Worker {
 
     /// Waits until the execution ends (or, on shutdown, stops running here).
     pub async fn wait(&self, id: &str) -> Result<Execution> {
-        let mut ended = self.ended.subscribe();
+        let mut ended = self.inner.ended.subscribe();
         loop {
             let execution = self.platform.get_execution(id).await?;
             if execution.status.is_terminal() {
@@ -916,12 +621,13 @@ impl Worker {
     /// at their next step boundary (training keeps its last epoch checkpoint). Queued
     /// executions stay queued in the store and start again with the next process.
     pub async fn shutdown(&self) {
-        self.accepting.store(false, Ordering::SeqCst);
+        self.inner.accepting.store(false, Ordering::SeqCst);
         let deadline = Instant::now() + self.config.drain();
         while self.running_count() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let controls: Vec<Arc<Control>> = self
+            .inner
             .controls
             .lock()
             .expect("controls lock")
@@ -936,11 +642,12 @@ impl Worker {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // The store is free for the next process.
-        self.lock.lock().expect("lock").take();
+        self.inner.lock.lock().expect("lock").take();
     }
 
     fn running_count(&self) -> usize {
-        self.controls
+        self.inner
+            .controls
             .lock()
             .expect("controls lock")
             .values()
@@ -950,7 +657,7 @@ impl Worker {
 
     /// Scrape-time gauges for `/metrics`.
     pub fn gauges(&self) -> Gauges {
-        let controls = self.controls.lock().expect("controls lock");
+        let controls = self.inner.controls.lock().expect("controls lock");
         let running = Function::ALL
             .iter()
             .map(|f| {
@@ -963,18 +670,19 @@ impl Worker {
             .collect();
         Gauges {
             queued: vec![
-                ("device", self.queued_device.load(Ordering::SeqCst)),
-                ("embed", self.queued_embed.load(Ordering::SeqCst)),
+                ("device", self.inner.queued_device.load(Ordering::SeqCst)),
+                ("embed", self.inner.queued_embed.load(Ordering::SeqCst)),
             ],
             running,
             device_pending: self.device.pending(),
-            uptime: self.started.elapsed(),
+            uptime: self.inner.started.elapsed(),
             searches: cliptune_store::vectors::search_counts(),
         }
     }
 
     /// Executions waiting to start, all lanes together.
     pub fn queue_depth(&self) -> usize {
-        self.queued_device.load(Ordering::SeqCst) + self.queued_embed.load(Ordering::SeqCst)
+        self.inner.queued_device.load(Ordering::SeqCst)
+            + self.inner.queued_embed.load(Ordering::SeqCst)
     }
 }

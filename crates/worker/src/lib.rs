@@ -12,15 +12,18 @@
 pub mod attached;
 pub mod batcher;
 pub mod config;
+pub mod ctx;
 pub mod demo;
 pub mod device;
 pub mod error;
 pub mod executions;
 pub(crate) mod feed;
+pub mod function;
 pub mod http;
 pub mod metrics;
 pub mod nodes;
 pub mod pipeline;
+pub(crate) mod run;
 pub mod search;
 pub mod template;
 

@@ -10,12 +10,10 @@
 //! starts, so it embeds with the "Newest CLIP model" the update step just set.
 //! A resumed run (after a restart) reuses the outputs of nodes that already succeeded.
 
+use crate::ctx::NodeCtx;
 use crate::error::{Result, WorkerError};
-use crate::executions::{Function, NodeCtx, Worker};
-use crate::nodes::{
-    entity_ref, object, reject_unknown, BASE_MODEL_VARIABLE, DATASET_VARIABLE,
-    NEWEST_MODEL_VARIABLE,
-};
+use crate::function::Function;
+use crate::nodes::{entity_ref, object, reject_unknown, DATASET_VARIABLE, NEWEST_MODEL_VARIABLE};
 use cliptune_store::{
     ExecutionPipeline, ExecutionQuery, ExecutionStatus, ItemQuery, NewPipeline, Pipeline, Platform,
     Variable, VariableUpdate,
@@ -24,7 +22,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 
-use crate::template::{check, node_id, node_name, plan, step_of, Step};
+use crate::template::{node_id, node_name, plan, step_of, Step};
 pub use crate::template::{read_manifest, templates, Template, BUILTIN_MANIFEST};
 
 /// Result of installing a template.
@@ -155,64 +153,6 @@ impl RunInput {
     }
 }
 
-/// Starts a run of `pipeline` after writing `values` into its variables. On the first run
-/// an empty "Newest CLIP model" takes the base model's id, as the template does.
-pub async fn execute(
-    worker: &Worker,
-    pipeline: &str,
-    values: &[(String, Value)],
-) -> Result<cliptune_store::Execution> {
-    let platform = worker.platform();
-    let p = platform.resolve_pipeline(pipeline).await?;
-    // Checked before anything is written, so a bad template changes nothing.
-    check(&Template {
-        name: p.name.clone(),
-        nodes: p.nodes.clone(),
-        connections: p.connections.clone(),
-        start_nodes: p.start_nodes.clone(),
-        variables: p.variables.clone(),
-    })?;
-    if !values.is_empty() {
-        set_variables(&**platform, &p, values).await?;
-    }
-    let p = platform.get_pipeline(&p.id).await?;
-    let newest = p.variable(NEWEST_MODEL_VARIABLE).map(|v| v.value.clone());
-    let base = p.variable(BASE_MODEL_VARIABLE).map(|v| v.value.clone());
-    if let (Some(Value::Null), Some(base @ Value::String(_))) = (newest, base) {
-        platform
-            .update_variables(
-                &p.id,
-                &[VariableUpdate {
-                    name: NEWEST_MODEL_VARIABLE.into(),
-                    value: base,
-                }],
-            )
-            .await?;
-    }
-    for (var, kind) in [
-        (DATASET_VARIABLE, "dataset"),
-        (BASE_MODEL_VARIABLE, "model"),
-    ] {
-        if p.variable(var).is_some_and(|v| v.value.is_null()) {
-            return Err(WorkerError::input(
-                var,
-                format!("the pipeline's {kind} variable is empty: set it (--var \"{var}=...\")"),
-            ));
-        }
-    }
-    worker
-        .submit(
-            Function::Pipeline,
-            json!({"pipeline_id": p.id}),
-            Some(ExecutionPipeline {
-                id: p.id.clone(),
-                node_id: None,
-                execution_id: None,
-            }),
-        )
-        .await
-}
-
 /// One node's part of a run.
 #[derive(Debug, Clone, Serialize)]
 struct NodeRun {
@@ -234,7 +174,7 @@ pub const BRANCH_ITEMS: usize = 512;
 /// Drives a run: each node as its own execution, waiting for one before the next; then
 /// the embedding branches.
 pub async fn run(input: RunInput, ctx: &NodeCtx) -> Result<Value> {
-    let platform = ctx.worker.platform().clone();
+    let platform = ctx.env.platform().clone();
     let pipeline = platform.resolve_pipeline(&input.pipeline).await?;
     let template = Template {
         name: pipeline.name.clone(),
@@ -345,7 +285,7 @@ async fn submit(
     input: Value,
 ) -> Result<cliptune_store::Execution> {
     let e = ctx
-        .worker
+        .queue()?
         .submit(
             function,
             input,
@@ -424,7 +364,7 @@ async fn run_branch(
     earlier: &[cliptune_store::Execution],
     share: std::ops::Range<u32>,
 ) -> Result<NodeRun> {
-    let platform = ctx.worker.platform().clone();
+    let platform = ctx.env.platform().clone();
     let variables = platform.get_pipeline(pipeline_id).await?.variables;
     let dataset = variable_ref(
         &variables,
@@ -516,11 +456,11 @@ async fn run_branch(
 /// Waits for a node execution; terminating the run terminates the node.
 async fn wait_node(ctx: &NodeCtx, id: &str) -> Result<cliptune_store::Execution> {
     tokio::select! {
-        e = ctx.worker.wait(id) => e,
+        e = ctx.queue()?.wait(id) => e,
         _ = ctx.cancelled() => {
-            if ctx.stop_reason() == Some(crate::executions::StopReason::Terminate) {
-                let _ = ctx.worker.terminate(id).await;
-                let _ = ctx.worker.wait(id).await;
+            if ctx.stop_reason() == Some(crate::ctx::StopReason::Terminate) {
+                let _ = ctx.queue()?.terminate(id).await;
+                let _ = ctx.queue()?.wait(id).await;
             }
             ctx.check()?;
             unreachable!("cancelled() resolves only once a stop was requested")

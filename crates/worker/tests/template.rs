@@ -374,8 +374,7 @@ async fn wait(worker: &Worker, e: Execution) -> Execution {
 async fn cliptunes_engine_runs_the_manifest_end_to_end() {
     let s = fx::store(24).await;
     let worker = fx::worker(&s, fx::config()).await;
-    let run = pipeline::execute(
-        &worker,
+    let run = worker.execute_pipeline(
         "CLIP Fine-tuning",
         &[
             ("Dataset with captions".into(), json!("shapes")),
@@ -601,7 +600,8 @@ async fn a_resumed_run_reuses_the_branch_executions_that_finished() {
             json!({"num_epochs": 1, "batch_size": 4, "eval_batch_size": 4}),
         ),
     ];
-    let first = pipeline::execute(&worker, "CLIP Fine-tuning", &vars)
+    let first = worker
+        .execute_pipeline("CLIP Fine-tuning", &vars)
         .await
         .unwrap();
     let first = wait(&worker, first).await;

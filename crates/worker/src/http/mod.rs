@@ -455,7 +455,7 @@ async fn info(State(worker): State<Worker>) -> Json<Info> {
             embed_batch_size: c.embed_batch_size,
             drain_seconds: c.drain_seconds,
         },
-        uptime_seconds: worker.started.elapsed().as_secs_f64(),
+        uptime_seconds: worker.uptime().as_secs_f64(),
         queue_depth: worker.queue_depth(),
     })
 }
@@ -571,7 +571,7 @@ async fn create_execution(
     let function = Function::parse(&request.function_name)?;
     if function == Function::Pipeline {
         let pipeline = crate::pipeline::RunInput::parse(&request.input)?;
-        let e = crate::pipeline::execute(&w, &pipeline.pipeline, &[]).await?;
+        let e = w.execute_pipeline(&pipeline.pipeline, &[]).await?;
         return answer(&w, e, &params).await;
     }
     submit_node(&w, function, request.input, &params).await
@@ -653,7 +653,7 @@ async fn execute_pipeline(
     JsonBody(body): JsonBody<Option<PipelineExecuteRequest>>,
 ) -> Result<Response> {
     let values = body.map(|b| b.values()).unwrap_or_default();
-    let e = crate::pipeline::execute(&w, &id, &values).await?;
+    let e = w.execute_pipeline(&id, &values).await?;
     answer(&w, e, &params).await
 }
 

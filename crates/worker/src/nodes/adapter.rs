@@ -5,8 +5,8 @@
 
 use super::embed::{self, EmbedInput, EmbedTarget};
 use super::entity_ref;
+use crate::ctx::NodeCtx;
 use crate::error::{Result, WorkerError};
-use crate::executions::NodeCtx;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -169,7 +169,7 @@ pub async fn embed_items(input: EmbedItemsInput, ctx: &NodeCtx) -> Result<Value>
         .flatten()
         .filter_map(|f| f["item_id"].as_str().map(String::from))
         .collect();
-    let platform = ctx.worker.platform();
+    let platform = ctx.env.platform();
     let (mut items, mut vectors) = (Vec::new(), Vec::new());
     for id in ids.iter().filter(|id| !failed.contains(*id)) {
         let v = platform.get_vector(&set, id).await?;

@@ -3,8 +3,8 @@
 //! Outputs `new_model` and `base_model`, the template node's ports.
 
 use super::{entity_ref, optional_object};
+use crate::ctx::NodeCtx;
 use crate::error::{Result, WorkerError};
-use crate::executions::NodeCtx;
 use cliptune_store::{CloneModel, Subsets};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -108,13 +108,13 @@ impl CreateModelInput {
 }
 
 pub async fn run(input: CreateModelInput, ctx: &NodeCtx) -> Result<Value> {
-    let platform = ctx.worker.platform();
+    let platform = ctx.env.platform();
     ctx.progress(10, "resolving the base model and the dataset");
     let base = platform.resolve_model(&input.base_model).await?;
     let dataset = platform.resolve_dataset(&input.dataset).await?;
     if base.artifacts.is_empty() {
         // A marketplace model: its weights come by name from the weights directory.
-        super::named_weights(&ctx.worker.config, &base)
+        super::named_weights(&ctx.env.config, &base)
             .map_err(|m| WorkerError::input("base_model", m))?;
     }
     let defaults = Subsets::default_filters();

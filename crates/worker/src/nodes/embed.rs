@@ -13,9 +13,9 @@ use super::{
     entity_ref, local_weights, local_weights_for, object, reject_unknown, NEWEST_MODEL_VARIABLE,
 };
 use crate::batcher::{forward, Rows};
+use crate::ctx::{Env, NodeCtx};
 use crate::device::DeviceCtx;
 use crate::error::{Result, WorkerError};
-use crate::executions::{NodeCtx, Worker};
 use crate::feed::{Decoded, Feed, Note};
 use cliptune_clip::{checkpoint, ClipConfig, LoadOptions};
 use cliptune_store::{ExecutionPipeline, Item, ItemKind, ItemQuery, Model, NewVector, Platform};
@@ -313,7 +313,7 @@ pub(crate) enum Input {
 const WRITE_AHEAD: usize = 2;
 
 pub async fn run(input: EmbedInput, ctx: &NodeCtx) -> Result<Value> {
-    let worker = &ctx.worker;
+    let worker = &ctx.env;
     let platform = worker.platform().clone();
     let model = resolve_model(
         &*platform,
@@ -616,7 +616,7 @@ fn features(
 /// Online embedding (`POST /embed` with `texts` / `images`): L2-normalised vectors in input
 /// order, one device batch per request.
 pub async fn embed_online(
-    worker: &Worker,
+    worker: &Env,
     model: &Model,
     texts: Vec<String>,
     images: Vec<Vec<u8>>,
@@ -650,6 +650,6 @@ pub async fn embed_online(
 }
 
 /// The local weights of a model outside an execution (online requests, search).
-pub async fn model_dir(worker: &Worker, model: &Model) -> Result<PathBuf> {
+pub async fn model_dir(worker: &Env, model: &Model) -> Result<PathBuf> {
     local_weights_for(worker, model).await
 }

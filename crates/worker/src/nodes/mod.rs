@@ -11,8 +11,9 @@ pub mod embed;
 pub mod train;
 mod update_variable;
 
+use crate::ctx::NodeCtx;
 use crate::error::{Result, WorkerError};
-use crate::executions::{Function, NodeCtx};
+use crate::function::Function;
 use serde_json::{Map, Value};
 
 pub use adapter::{EmbedDatasetInput, EmbedItemsInput};
@@ -206,7 +207,7 @@ pub(crate) async fn local_weights(
     ctx: &NodeCtx,
     model: &cliptune_store::Model,
 ) -> Result<std::path::PathBuf> {
-    local_weights_for(&ctx.worker, model).await
+    local_weights_for(&ctx.env, model).await
 }
 
 /// The checkpoint of a model that carries no artifacts: Dataloop's marketplace CLIP models
@@ -247,7 +248,7 @@ pub(crate) fn named_weights(
 }
 
 pub(crate) async fn local_weights_for(
-    worker: &crate::executions::Worker,
+    worker: &crate::ctx::Env,
     model: &cliptune_store::Model,
 ) -> Result<std::path::PathBuf> {
     if model.artifacts.is_empty() {

@@ -9,8 +9,8 @@
 //! is per model, so the re-queued execution resumes from the last completed epoch.
 
 use super::{local_weights, object, optional_object, reject_unknown};
+use crate::ctx::{NodeCtx, StopReason};
 use crate::error::{Result, WorkerError};
-use crate::executions::{NodeCtx, StopReason};
 use cliptune_store::{
     set_path, Id, Item, MetricPoint, MetricSample, Model, ModelStatus, Platform, Subsets,
 };
@@ -57,7 +57,7 @@ impl ImageFetcher for PlatformFetcher {
 }
 
 pub async fn run(input: TrainInput, ctx: &NodeCtx) -> Result<Value> {
-    let platform = ctx.worker.platform().clone();
+    let platform = ctx.env.platform().clone();
     let model = platform.resolve_model(&input.model).await?;
     match model.status {
         ModelStatus::Trained | ModelStatus::Deployed | ModelStatus::PreTrained => {
@@ -87,13 +87,13 @@ pub async fn run(input: TrainInput, ctx: &NodeCtx) -> Result<Value> {
                 }
             }
         }
-        ctx.worker.metrics.set_training_rate(0.0);
+        ctx.env.metrics.set_training_rate(0.0);
     }
     result
 }
 
 async fn train(mut model: Model, input: TrainInput, ctx: &NodeCtx) -> Result<Value> {
-    let platform = ctx.worker.platform().clone();
+    let platform = ctx.env.platform().clone();
     let layers_model = Value::Object(model.configuration.clone());
     let layers_input = input
         .config
@@ -141,10 +141,10 @@ async fn train(mut model: Model, input: TrainInput, ctx: &NodeCtx) -> Result<Val
         source,
         config: parsed.config,
         warnings: parsed.warnings,
-        runs_root: ctx.worker.work_dir.join("train").join(&model.id),
-        device: ctx.worker.device.device(),
+        runs_root: ctx.env.work_dir.join("train").join(&model.id),
+        device: ctx.env.device.device(),
         resume: true,
-        decode_threads: ctx.worker.config.decode_threads(),
+        decode_threads: ctx.env.config.decode_threads(),
     };
     let (epochs_tx, mut epochs_rx) = tokio::sync::mpsc::unbounded_channel();
     let publisher = {
@@ -164,7 +164,7 @@ async fn train(mut model: Model, input: TrainInput, ctx: &NodeCtx) -> Result<Val
     let last_stages = Arc::new(std::sync::Mutex::new(None::<Stages>));
     let stages_seen = last_stages.clone();
     let outcome = ctx
-        .worker
+        .env
         .device
         .run_long(move |dev| {
             // Stage seconds already added to /metrics for this epoch (progress carries the
@@ -173,7 +173,7 @@ async fn train(mut model: Model, input: TrainInput, ctx: &NodeCtx) -> Result<Val
             let mut observer = |event: Event<'_>| match event {
                 Event::Progress(p) => {
                     if let Some(rate) = p.samples_per_sec {
-                        node.worker.metrics.set_training_rate(rate);
+                        node.env.metrics.set_training_rate(rate);
                     }
                     if let Some(stages) = &p.stages {
                         if counted.0 != p.epoch {
@@ -182,7 +182,7 @@ async fn train(mut model: Model, input: TrainInput, ctx: &NodeCtx) -> Result<Val
                         for (i, (name, stage)) in Stages::NAMES.iter().zip(stages.all()).enumerate()
                         {
                             let delta = stage.seconds - counted.1[i];
-                            node.worker.metrics.add_train_stage(name, delta.max(0.0));
+                            node.env.metrics.add_train_stage(name, delta.max(0.0));
                             counted.1[i] = stage.seconds;
                         }
                         *last_stages.lock().expect("stages") = Some(*stages);
@@ -201,9 +201,9 @@ async fn train(mut model: Model, input: TrainInput, ctx: &NodeCtx) -> Result<Val
         .await?;
     let _ = publisher.await;
     let outcome = outcome?;
-    ctx.worker.metrics.set_training_rate(0.0);
+    ctx.env.metrics.set_training_rate(0.0);
     let report = &outcome.report;
-    ctx.worker
+    ctx.env
         .metrics
         .add_training_samples((report.data.train * report.epochs_run) as u64);
 

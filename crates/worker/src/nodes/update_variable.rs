@@ -2,8 +2,8 @@
 //! model, in one atomic platform step that refuses models without stored weights.
 
 use super::{entity_ref, object, reject_unknown, NEWEST_MODEL_VARIABLE};
+use crate::ctx::NodeCtx;
 use crate::error::{Result, WorkerError};
-use crate::executions::NodeCtx;
 use serde_json::{json, Value};
 
 #[derive(Debug, Clone)]
@@ -44,7 +44,7 @@ impl UpdateVariableInput {
 }
 
 pub async fn run(input: UpdateVariableInput, ctx: &NodeCtx) -> Result<Value> {
-    let platform = ctx.worker.platform();
+    let platform = ctx.env.platform();
     let pipeline = match (&input.pipeline, &ctx.pipeline) {
         (Some(p), _) => platform.resolve_pipeline(p).await?,
         (None, Some(p)) => platform.get_pipeline(&p.id).await?,
