@@ -62,10 +62,8 @@ where
     F::Output: Send,
 {
     let run = |fut: F| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a tokio runtime")
+        crate::serve::runtime()
+            .expect("the async runtime")
             .block_on(fut)
     };
     if tokio::runtime::Handle::try_current().is_ok() {

@@ -39,11 +39,18 @@ pub fn open_platform(ctx: &Ctx, backend: Backend) -> Result<Arc<dyn Platform>> {
 }
 
 /// A multi-threaded runtime: the worker's lanes, device replies and HTTP run side by side.
-pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+/// The process's one async runtime, started on first use: stores, workers and servers
+/// opened by one command all live on it.
+pub fn runtime() -> Result<&'static tokio::runtime::Runtime> {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")
+        .context("starting the async runtime")?;
+    Ok(RUNTIME.get_or_init(|| rt))
 }
 
 pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {

@@ -139,16 +139,11 @@ fn set_threads(n: usize) {
     }
 }
 
-/// The pairs of a folder, or of a store dataset. A dataset's images are read through the
-/// store while training runs, so the runtime that serves those reads comes back with it and
-/// must be kept alive until the end.
-fn read_source(
-    ctx: &Ctx,
-    folder: Option<&Path>,
-    dataset: Option<&str>,
-) -> Result<(Source, Option<tokio::runtime::Runtime>)> {
+/// The pairs of a folder, or of a store dataset (whose images are read through the store,
+/// on the process's runtime, while training runs).
+fn read_source(ctx: &Ctx, folder: Option<&Path>, dataset: Option<&str>) -> Result<Source> {
     match (folder, dataset) {
-        (Some(dir), _) => Ok((data::read_folder(dir)?, None)),
+        (Some(dir), _) => Ok(data::read_folder(dir)?),
         (None, Some(name)) => {
             let rt = crate::serve::runtime()?;
             let store: Arc<dyn Platform> = Arc::new(LocalStore::open(&ctx.home)?);
@@ -185,7 +180,7 @@ fn read_source(
                 }
                 anyhow::Ok(source)
             })?;
-            Ok((source, Some(rt)))
+            Ok(source)
         }
         (None, None) => bail!("give --data DIR or --dataset D"),
     }
@@ -197,7 +192,7 @@ pub fn train(ctx: &Ctx, args: TrainArgs) -> Result<()> {
     let parsed = TrainConfig::from_layers(&[&base_config(&base)?, &user])?;
     let device = parse_device(&args.device)?;
     set_threads(args.threads);
-    let (source, _runtime) = read_source(ctx, args.data.as_deref(), args.dataset.as_deref())?;
+    let source = read_source(ctx, args.data.as_deref(), args.dataset.as_deref())?;
     let base_name = args.base_model.clone();
     let job = Job {
         base: base.clone(),
@@ -272,7 +267,7 @@ pub fn eval(ctx: &Ctx, args: EvalArgs) -> Result<()> {
         bail!("--eval-batch-size must be at least 2");
     }
     let clip = checkpoint::load(&path, device, &LoadOptions::default())?;
-    let (source, _runtime) = read_source(ctx, args.data.as_deref(), args.dataset.as_deref())?;
+    let source = read_source(ctx, args.data.as_deref(), args.dataset.as_deref())?;
     let (metrics, bad, n) = trainer::evaluate_pairs(
         &clip,
         &source,

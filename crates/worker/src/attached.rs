@@ -200,7 +200,10 @@ impl Worker {
             .run(id)
             .ok_or_else(|| WorkerError::NotFound(format!("no attached execution {id} here")))?;
         if run.outcome.borrow().is_none() {
+            // The registry's receiver never marks what it saw, so a clone of it would
+            // answer at once forever: wait for the next change from now.
             let mut progress = run.progress.clone();
+            progress.mark_unchanged();
             let mut outcome = run.outcome.subscribe();
             let _ = tokio::time::timeout(wait, async {
                 tokio::select! {
