@@ -10,7 +10,7 @@ pub mod api;
 mod attached;
 pub mod online;
 
-use crate::error::{ErrorBody, Result, WorkerError};
+use crate::error::{ErrorBody, ErrorKind, Result, WorkerError};
 use crate::executions::{Function, Worker};
 use api::*;
 use axum::body::Bytes;
@@ -302,14 +302,14 @@ async fn json_errors(request: Request, next: Next) -> Response {
         .await
         .map(|b| String::from_utf8_lossy(&b).trim().to_string())
         .unwrap_or_default();
-    let error_type = match status {
-        StatusCode::BAD_REQUEST => "bad_request",
-        StatusCode::NOT_FOUND => "not_found",
-        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        s if s.is_server_error() => "internal",
-        _ => "bad_request",
+    let kind = match status {
+        StatusCode::BAD_REQUEST => ErrorKind::BadRequest,
+        StatusCode::NOT_FOUND => ErrorKind::NotFound,
+        StatusCode::METHOD_NOT_ALLOWED => ErrorKind::MethodNotAllowed,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorKind::PayloadTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorKind::UnsupportedMediaType,
+        s if s.is_server_error() => ErrorKind::Internal,
+        _ => ErrorKind::BadRequest,
     };
     let error = if text.is_empty() {
         status.canonical_reason().unwrap_or("error").to_string()
@@ -318,7 +318,7 @@ async fn json_errors(request: Request, next: Next) -> Response {
     };
     let body = ErrorBody {
         error,
-        error_type: error_type.into(),
+        error_type: kind.as_str().into(),
     };
     let mut out = (status, Json(body)).into_response();
     for (name, value) in parts.headers.iter() {
