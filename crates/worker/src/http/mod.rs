@@ -12,6 +12,7 @@ pub mod online;
 
 use crate::error::{ErrorBody, ErrorKind, Result, WorkerError};
 use crate::executions::{Function, Worker};
+use crate::nodes::{CreateModelInput, TrainInput, UpdateVariableInput};
 use api::*;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Path, Query, Request, State};
@@ -45,6 +46,7 @@ use utoipa::OpenApi;
     ),
     components(schemas(
         ErrorBody, Function, Health, Ready, Info, Limits, ExecutionRequest, ExecutionView,
+        TrainInput, CreateModelInput, UpdateVariableInput, EmbedBody,
         StatusView, PipelineExecuteRequest, VariableValue, OnlineEmbedRequest, OnlineEmbedResponse,
         online::SearchRequest, online::SearchResponse, online::SearchTiming, online::ModelRef, crate::search::Hit,
         online::ModelList, online::ModelSummary, online::DatasetSummary,
@@ -485,7 +487,7 @@ async fn openapi_json() -> Response {
 }
 
 #[utoipa::path(post, path = "/train", tag = "nodes", security(("bearer" = [])), params(WaitParams),
-    request_body(content = Object, description = "`{\"model\": {\"model_id\"}, \"config\"?: {...}}`"),
+    request_body(content = TrainInput, description = "The model to train and config overrides for this run"),
     responses(
         (status = 202, description = "Queued", body = ExecutionView),
         (status = 200, description = "Ended (with wait=true)", body = ExecutionView),
@@ -501,7 +503,7 @@ async fn train(
 }
 
 #[utoipa::path(post, path = "/embed", tag = "nodes", security(("bearer" = [])), params(WaitParams),
-    request_body(content = Object, description = "Dataset form `{\"dataset_id\"}` / `{\"dataset\": {\"dataset_id\"}, \"filter\"?, \"model\"?}` or `{\"items\": [{\"item_id\"}]}` (an execution); online form `{\"texts\": [...], \"images\": [base64], \"item_ids\": [...], \"model_id\"?}` (answered at once, see OnlineEmbedRequest)"),
+    request_body(content = EmbedBody, description = "Dataset form `{\"dataset_id\"}` / `{\"dataset\": {\"dataset_id\"}, \"filter\"?, \"model\"?}` or `{\"items\": [{\"item_id\"}]}` (an execution); online form `{\"texts\": [...], \"images\": [base64], \"item_ids\": [...], \"model_id\"?}` (answered at once, see OnlineEmbedRequest)"),
     responses(
         (status = 202, description = "Dataset form: queued", body = ExecutionView),
         (status = 200, description = "Online form: vectors in input order (timing in Server-Timing and x-*-ms headers); dataset form with wait=true: ended", body = OnlineEmbedResponse),
@@ -526,7 +528,7 @@ async fn embed(
 }
 
 #[utoipa::path(post, path = "/create-model", tag = "nodes", security(("bearer" = [])), params(WaitParams),
-    request_body(content = Object, description = "`{\"base_model\": {\"model_id\"}, \"dataset\": {\"dataset_id\"}, \"model_config\"?, \"train_subset\"?, \"validation_subset\"?, \"name\"?}`"),
+    request_body(content = CreateModelInput, description = "The base model, the dataset, config and subsets of the new model"),
     responses(
         (status = 202, description = "Queued", body = ExecutionView),
         (status = 200, description = "Ended (with wait=true)", body = ExecutionView),
@@ -541,7 +543,7 @@ async fn create_model(
 }
 
 #[utoipa::path(post, path = "/update-variable", tag = "nodes", security(("bearer" = [])), params(WaitParams),
-    request_body(content = Object, description = "`{\"model\": {\"model_id\"}, \"pipeline\": id, \"variable\"?: \"Newest CLIP model\"}`"),
+    request_body(content = UpdateVariableInput, description = "The model, and the pipeline and variable to point at it"),
     responses(
         (status = 202, description = "Queued", body = ExecutionView),
         (status = 200, description = "Ended (with wait=true)", body = ExecutionView),

@@ -60,23 +60,23 @@ pub(crate) fn ref_id(value: &Value, keys: &[&str]) -> std::result::Result<String
     }
 }
 
-/// The schema of a reference: `"<id or name>"` or `{"<key>": "<id>"}`.
+/// The schema of a reference to `what` ("a model"): `"<id or name>"` or `{"<key>": "<id>"}`.
 fn ref_schema(key: &str, what: &str) -> RefOr<Schema> {
     let string = || ObjectBuilder::new().schema_type(Type::String);
     OneOfBuilder::new()
-        .item(string().description(Some(format!("The {what}'s id or name"))))
+        .item(string().description(Some("Its id or name")))
         .item(
             ObjectBuilder::new()
                 .property(key, string())
                 .property("id", string())
                 .description(Some(format!("Dataloop's form: `{{\"{key}\": id}}`"))),
         )
-        .description(Some(format!("A {what}: its id or name, or `{{\"{key}\"}}`")))
+        .description(Some(format!("{what}: its id or name, or `{{\"{key}\"}}`")))
         .into()
 }
 
 macro_rules! entity_refs {
-    ($($(#[$doc:meta])* $name:ident => $key:literal, $what:literal;)*) => {$(
+    ($($(#[$doc:meta])* $name:ident as $schema:literal => $key:literal, $what:literal;)*) => {$(
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq)]
         pub struct $name(pub String);
@@ -115,7 +115,7 @@ macro_rules! entity_refs {
 
         impl utoipa::ToSchema for $name {
             fn name() -> Cow<'static, str> {
-                Cow::Borrowed(stringify!($name))
+                Cow::Borrowed($schema)
             }
         }
     )*};
@@ -123,13 +123,13 @@ macro_rules! entity_refs {
 
 entity_refs! {
     /// A model: `"<id or name>"` or `{"model_id"}`.
-    ModelRef => "model_id", "model";
+    ModelRef as "ModelReference" => "model_id", "A model";
     /// A dataset: `"<id or name>"` or `{"dataset_id"}`.
-    DatasetRef => "dataset_id", "dataset";
+    DatasetRef as "DatasetReference" => "dataset_id", "A dataset";
     /// An item: `"<id>"` or `{"item_id"}`.
-    ItemRef => "item_id", "item";
+    ItemRef as "ItemReference" => "item_id", "An item";
     /// A pipeline: `"<id or name>"` or `{"pipeline_id"}`.
-    PipelineRef => "pipeline_id", "pipeline";
+    PipelineRef as "PipelineReference" => "pipeline_id", "A pipeline";
 }
 
 /// One item or a non-empty list of them (dtlpy's `embed_items` takes "a list of items
@@ -180,8 +180,12 @@ impl<'de> Deserialize<'de> for ItemList {
 impl utoipa::PartialSchema for ItemList {
     fn schema() -> RefOr<Schema> {
         OneOfBuilder::new()
-            .item(ArrayBuilder::new().items(ref_schema("item_id", "item")).min_items(Some(1)))
-            .item(ref_schema("item_id", "item"))
+            .item(
+                ArrayBuilder::new()
+                    .items(ItemRef::schema())
+                    .min_items(Some(1)),
+            )
+            .item(ItemRef::schema())
             .description(Some("Items: a non-empty list of `{\"item_id\"}`, or one"))
             .into()
     }
