@@ -195,8 +195,16 @@ mod tests {
             (WorkerError::UnknownFunction("f".into()), "not_found", 404),
             (WorkerError::Terminated("t".into()), "terminated", 409),
             (WorkerError::Overloaded("o".into()), "overloaded", 429),
-            (WorkerError::PayloadTooLarge("p".into()), "payload_too_large", 413),
-            (WorkerError::NotImplemented("n".into()), "not_implemented", 501),
+            (
+                WorkerError::PayloadTooLarge("p".into()),
+                "payload_too_large",
+                413,
+            ),
+            (
+                WorkerError::NotImplemented("n".into()),
+                "not_implemented",
+                501,
+            ),
             (WorkerError::Internal("i".into()), "internal", 500),
         ];
         for (e, kind, code) in cases {

@@ -286,7 +286,9 @@ pub(crate) fn check(t: &Template) -> Result<()> {
             if let Some(var) = port.variable_name.as_deref().filter(|v| !names.contains(v)) {
                 return Err(WorkerError::input(
                     format!("node {id}"),
-                    format!("port {pid} reads variable {var:?}, which the template does not declare"),
+                    format!(
+                        "port {pid} reads variable {var:?}, which the template does not declare"
+                    ),
                 ));
             }
             ports.insert((id, pid));
@@ -568,7 +570,10 @@ mod tests {
         t["nodes"][0]["someNewDataloopField"] = json!({"kept": true});
         let err = templates(&manifest).unwrap_err().to_string();
         assert!(err.contains(&format!("node {id}")), "{err}");
-        assert!(err.contains("outputs[0]") && err.contains("portId"), "{err}");
+        assert!(
+            err.contains("outputs[0]") && err.contains("portId"),
+            "{err}"
+        );
 
         let mut manifest = read_manifest(None).unwrap();
         manifest["components"]["pipelineTemplates"][0]["startNodes"][0]
@@ -576,7 +581,10 @@ mod tests {
             .unwrap()
             .remove("nodeId");
         let err = templates(&manifest).unwrap_err().to_string();
-        assert!(err.contains("startNodes") && err.contains("nodeId"), "{err}");
+        assert!(
+            err.contains("startNodes") && err.contains("nodeId"),
+            "{err}"
+        );
 
         let mut manifest = read_manifest(None).unwrap();
         manifest["components"]["pipelineTemplates"][0]["nodes"] = json!({});

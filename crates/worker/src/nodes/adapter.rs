@@ -143,7 +143,11 @@ mod tests {
                           "page": 0, "pageSize": 1000, "resource": "items"});
         let i = EmbedDatasetInput::parse(&json!({"dataset": {"dataset_id": "d"}, "filters": body}))
             .unwrap();
-        assert_eq!(i.filters.map(Value::Object), Some(body), "never wrapped again");
+        assert_eq!(
+            i.filters.map(Value::Object),
+            Some(body),
+            "never wrapped again"
+        );
         let s = EmbedDatasetInput::parse(&json!({"dataset": "d", "filters": "{\"dir\": \"/a\"}"}))
             .unwrap();
         assert_eq!(s.filters.map(Value::Object), Some(json!({"dir": "/a"})));

@@ -95,10 +95,9 @@ impl EmbedInput {
                 ))
             }
             (None, None) => {
-                return Err(WorkerError::input(
-                    "dataset",
-                    "missing: give `dataset` ({\"dataset_id\"}) or `items` ([{\"item_id\"}, ...])",
-                ))
+                let message = "missing: give `dataset` ({\"dataset_id\"}) \
+                               or `items` ([{\"item_id\"}, ...])";
+                return Err(WorkerError::input("dataset", message));
             }
         };
         Ok(Self {

@@ -216,9 +216,7 @@ pub fn json_object<'de, D: Deserializer<'de>>(
 }
 
 /// A string that is not blank, as given; `null` is `None`.
-pub fn non_blank<'de, D: Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Option<String>, D::Error> {
+pub fn non_blank<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<String>, D::Error> {
     match Value::deserialize(d)? {
         Value::Null => Ok(None),
         Value::String(s) if !s.trim().is_empty() => Ok(Some(s)),
