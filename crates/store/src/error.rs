@@ -4,30 +4,30 @@ use std::path::PathBuf;
 
 /// Every failure a [`crate::Platform`] call can report.
 ///
-/// Variants are chosen so a worker can map them to HTTP status codes with
-/// [`StoreError::http_status`] and so the Dataloop backend can map its REST answers back.
+/// Variants are chosen so a worker can map them to HTTP status codes through
+/// [`StoreError::kind`] and so the Dataloop backend can map its REST answers back.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The entity does not exist (HTTP 404).
+    /// The entity does not exist (`not_found`).
     #[error("{kind} {id:?} not found")]
     NotFound { kind: &'static str, id: String },
-    /// The request is malformed: bad DQL, wrong vector size, bad name... (HTTP 400).
+    /// The request is malformed: bad DQL, wrong vector size, bad name... (`validation`).
     #[error("invalid {what}: {message}")]
     Invalid { what: String, message: String },
     /// The request clashes with the current state: duplicate name, finished execution,
-    /// a model that is not trained yet... (HTTP 409).
+    /// a model that is not trained yet... (`conflict`).
     #[error("conflict: {0}")]
     Conflict(String),
-    /// No or bad credentials (HTTP 401).
+    /// No or bad credentials (`unauthorized`).
     #[error("unauthorized: {0}")]
     Unauthorized(String),
-    /// Credentials are fine but not allowed to do this (HTTP 403).
+    /// Credentials are fine but not allowed to do this (`forbidden`).
     #[error("forbidden: {0}")]
     Forbidden(String),
-    /// The backend cannot be reached or is overloaded; retrying later may work (HTTP 503).
+    /// The backend cannot be reached or is overloaded; retrying later may work (`unavailable`).
     #[error("unavailable: {0}")]
     Unavailable(String),
-    /// The remote platform answered with an unexpected status (HTTP 502).
+    /// The remote platform answered with an unexpected status (`remote`).
     #[error("remote error (HTTP {status}): {message}")]
     Remote { status: u16, message: String },
     /// A local file could not be read or written.
@@ -67,34 +67,86 @@ impl StoreError {
         }
     }
 
-    /// The HTTP status a server should answer for this error.
-    pub fn http_status(&self) -> u16 {
+    /// What kind of failure this is, for the `error_type` field of HTTP error bodies.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::NotFound { .. } => 404,
-            Self::Invalid { .. } => 400,
-            Self::Conflict(_) => 409,
-            Self::Unauthorized(_) => 401,
-            Self::Forbidden(_) => 403,
-            Self::Unavailable(_) => 503,
-            Self::Remote { .. } => 502,
-            Self::Io { .. } | Self::Db(_) | Self::Corrupt(_) => 500,
+            Self::NotFound { .. } => ErrorKind::NotFound,
+            Self::Invalid { .. } => ErrorKind::Validation,
+            Self::Conflict(_) => ErrorKind::Conflict,
+            Self::Unauthorized(_) => ErrorKind::Unauthorized,
+            Self::Forbidden(_) => ErrorKind::Forbidden,
+            Self::Unavailable(_) => ErrorKind::Unavailable,
+            Self::Remote { .. } => ErrorKind::Remote,
+            Self::Io { .. } => ErrorKind::Io,
+            Self::Db(_) => ErrorKind::Database,
+            Self::Corrupt(_) => ErrorKind::Corrupt,
         }
     }
+}
 
-    /// A short stable name for the `error_type` field of HTTP error bodies.
-    pub fn kind(&self) -> &'static str {
+/// The kinds of failure the platform reports, named by the `error_type` field of HTTP
+/// error bodies. It lives here, below the worker, so that [`StoreError::kind`] and the
+/// worker's errors share one vocabulary; the worker maps each kind to one HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The input cannot work (422).
+    Validation,
+    /// The request body is not the JSON it must be.
+    BadRequest,
+    NotFound,
+    MethodNotAllowed,
+    UnsupportedMediaType,
+    Conflict,
+    /// Stopped at a step boundary by a termination or a shutdown.
+    Terminated,
+    Overloaded,
+    Unauthorized,
+    Forbidden,
+    PayloadTooLarge,
+    Unavailable,
+    /// The remote platform answered with an unexpected status.
+    Remote,
+    NotImplemented,
+    /// The model failed (loading or running it).
+    Model,
+    Training,
+    Io,
+    Database,
+    Corrupt,
+    Internal,
+}
+
+impl ErrorKind {
+    /// The wire name (`error_type`); clients match on these, so they never change.
+    pub fn as_str(self) -> &'static str {
         match self {
-            Self::NotFound { .. } => "not_found",
-            Self::Invalid { .. } => "validation",
-            Self::Conflict(_) => "conflict",
-            Self::Unauthorized(_) => "unauthorized",
-            Self::Forbidden(_) => "forbidden",
-            Self::Unavailable(_) => "unavailable",
-            Self::Remote { .. } => "remote",
-            Self::Io { .. } => "io",
-            Self::Db(_) => "database",
-            Self::Corrupt(_) => "corrupt",
+            Self::Validation => "validation",
+            Self::BadRequest => "bad_request",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Conflict => "conflict",
+            Self::Terminated => "terminated",
+            Self::Overloaded => "overloaded",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::Unavailable => "unavailable",
+            Self::Remote => "remote",
+            Self::NotImplemented => "not_implemented",
+            Self::Model => "model",
+            Self::Training => "training",
+            Self::Io => "io",
+            Self::Database => "database",
+            Self::Corrupt => "corrupt",
+            Self::Internal => "internal",
         }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

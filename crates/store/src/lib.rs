@@ -25,7 +25,7 @@ pub mod vectors;
 
 pub use dataloop::{DataloopAuth, DataloopBackend, DataloopConfig};
 pub use entities::*;
-pub use error::{Result, StoreError};
+pub use error::{ErrorKind, Result, StoreError};
 pub use local::LocalStore;
 pub use platform::{is_id, item_id_from_url, Platform, PromptContent};
 pub use rules::normalize_filename;

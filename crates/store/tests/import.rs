@@ -113,7 +113,7 @@ async fn bad_entries_are_reported_and_the_threshold_is_all_or_nothing() {
         .await
         .unwrap_err();
     let msg = err.to_string();
-    assert_eq!(err.kind(), "validation");
+    assert_eq!(err.kind().as_str(), "validation");
     for needle in [
         "5 of 11 entries are bad",
         "captions.jsonl:7: file \"img/missing.jpg\" not found",

@@ -2,6 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+pub use cliptune_store::ErrorKind;
 use cliptune_store::StoreError;
 use serde::Serialize;
 
@@ -57,33 +58,37 @@ impl WorkerError {
         }
     }
 
-    /// A short stable name for the `error_type` field of error bodies.
-    pub fn error_type(&self) -> &'static str {
+    /// What kind of failure this is: the `error_type` of error bodies and the HTTP status.
+    pub fn kind(&self) -> ErrorKind {
+        use cliptune_clip::ClipError;
+        use cliptune_train::TrainError;
         match self {
-            Self::Store(StoreError::Invalid { .. }) => "validation",
+            Self::Store(StoreError::Invalid { .. }) => ErrorKind::Validation,
             Self::Store(e) => e.kind(),
-            Self::Clip(
-                cliptune_clip::ClipError::Config(_) | cliptune_clip::ClipError::Device(_),
-            ) => "validation",
-            Self::Clip(_) => "model",
-            Self::Train(cliptune_train::TrainError::Config { .. })
-            | Self::Train(cliptune_train::TrainError::Data(_))
-            | Self::Train(cliptune_train::TrainError::TooManyBad { .. }) => "validation",
-            Self::Train(cliptune_train::TrainError::Cancelled) => "terminated",
-            Self::Train(_) => "training",
-            Self::Prep(_) => "validation",
-            Self::Input { .. } => "validation",
-            Self::BadRequest(_) => "bad_request",
-            Self::UnknownFunction(_) | Self::NotFound(_) => "not_found",
-            Self::Conflict(_) => "conflict",
-            Self::Overloaded(_) => "overloaded",
-            Self::Unauthorized(_) => "unauthorized",
-            Self::PayloadTooLarge(_) => "payload_too_large",
-            Self::Unavailable(_) => "unavailable",
-            Self::Terminated(_) => "terminated",
-            Self::NotImplemented(_) => "not_implemented",
-            Self::Internal(_) => "internal",
+            Self::Clip(ClipError::Config(_) | ClipError::Device(_)) => ErrorKind::Validation,
+            Self::Clip(_) => ErrorKind::Model,
+            Self::Train(
+                TrainError::Config { .. } | TrainError::Data(_) | TrainError::TooManyBad { .. },
+            ) => ErrorKind::Validation,
+            Self::Train(TrainError::Cancelled) => ErrorKind::Terminated,
+            Self::Train(_) => ErrorKind::Training,
+            Self::Prep(_) | Self::Input { .. } => ErrorKind::Validation,
+            Self::BadRequest(_) => ErrorKind::BadRequest,
+            Self::UnknownFunction(_) | Self::NotFound(_) => ErrorKind::NotFound,
+            Self::Conflict(_) => ErrorKind::Conflict,
+            Self::Overloaded(_) => ErrorKind::Overloaded,
+            Self::Unauthorized(_) => ErrorKind::Unauthorized,
+            Self::PayloadTooLarge(_) => ErrorKind::PayloadTooLarge,
+            Self::Unavailable(_) => ErrorKind::Unavailable,
+            Self::Terminated(_) => ErrorKind::Terminated,
+            Self::NotImplemented(_) => ErrorKind::NotImplemented,
+            Self::Internal(_) => ErrorKind::Internal,
         }
+    }
+
+    /// The wire name of [`Self::kind`] (`error_type` of error bodies).
+    pub fn error_type(&self) -> &'static str {
+        self.kind().as_str()
     }
 
     /// True for a cooperative stop (termination or shutdown), as opposed to a failure.
@@ -95,23 +100,34 @@ impl WorkerError {
     }
 }
 
-/// The one place where worker errors become HTTP status codes.
+/// The one place where error kinds become HTTP status codes.
+pub fn status(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Validation => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorKind::Conflict | ErrorKind::Terminated => StatusCode::CONFLICT,
+        ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Remote => StatusCode::BAD_GATEWAY,
+        ErrorKind::NotImplemented => StatusCode::NOT_IMPLEMENTED,
+        ErrorKind::Model
+        | ErrorKind::Training
+        | ErrorKind::Io
+        | ErrorKind::Database
+        | ErrorKind::Corrupt
+        | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 impl From<&WorkerError> for StatusCode {
     fn from(err: &WorkerError) -> Self {
-        match err.error_type() {
-            "validation" => StatusCode::UNPROCESSABLE_ENTITY,
-            "bad_request" => StatusCode::BAD_REQUEST,
-            "not_found" => StatusCode::NOT_FOUND,
-            "conflict" | "terminated" => StatusCode::CONFLICT,
-            "overloaded" => StatusCode::TOO_MANY_REQUESTS,
-            "unauthorized" => StatusCode::UNAUTHORIZED,
-            "forbidden" => StatusCode::FORBIDDEN,
-            "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-            "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
-            "remote" => StatusCode::BAD_GATEWAY,
-            "not_implemented" => StatusCode::NOT_IMPLEMENTED,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        status(err.kind())
     }
 }
 
@@ -140,3 +156,60 @@ impl IntoResponse for WorkerError {
 }
 
 pub type Result<T, E = WorkerError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_keep_their_statuses() {
+        let cases = [
+            (StoreError::not_found("model", "m"), "not_found", 404),
+            (StoreError::invalid("dql", "bad"), "validation", 422),
+            (StoreError::Conflict("c".into()), "conflict", 409),
+            (StoreError::Unauthorized("u".into()), "unauthorized", 401),
+            (StoreError::Forbidden("f".into()), "forbidden", 403),
+            (StoreError::Unavailable("u".into()), "unavailable", 503),
+            (
+                StoreError::Remote {
+                    status: 500,
+                    message: "m".into(),
+                },
+                "remote",
+                502,
+            ),
+            (StoreError::Corrupt("c".into()), "corrupt", 500),
+        ];
+        for (e, kind, code) in cases {
+            let e = WorkerError::from(e);
+            assert_eq!(e.error_type(), kind, "{e}");
+            assert_eq!(StatusCode::from(&e).as_u16(), code, "{e}");
+        }
+    }
+
+    #[test]
+    fn worker_errors_keep_their_statuses() {
+        let cases = [
+            (WorkerError::input("f", "m"), "validation", 422),
+            (WorkerError::BadRequest("b".into()), "bad_request", 400),
+            (WorkerError::UnknownFunction("f".into()), "not_found", 404),
+            (WorkerError::Terminated("t".into()), "terminated", 409),
+            (WorkerError::Overloaded("o".into()), "overloaded", 429),
+            (
+                WorkerError::PayloadTooLarge("p".into()),
+                "payload_too_large",
+                413,
+            ),
+            (
+                WorkerError::NotImplemented("n".into()),
+                "not_implemented",
+                501,
+            ),
+            (WorkerError::Internal("i".into()), "internal", 500),
+        ];
+        for (e, kind, code) in cases {
+            assert_eq!(e.error_type(), kind, "{e}");
+            assert_eq!(StatusCode::from(&e).as_u16(), code, "{e}");
+        }
+    }
+}

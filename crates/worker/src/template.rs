@@ -1,10 +1,16 @@
 //! The app manifest (`dataloop.json`) and its pipeline templates: reading, checking, and
 //! the plan a run follows. Nodes are mapped by their type, as Dataloop does ([`Step`]);
 //! the storage -> Embeddings branch runs after the start node's flow ([`Plan`]).
+//!
+//! A template's nodes, connections and start nodes are kept as the JSON they came as: they
+//! are stored and sent to Dataloop as given, with every field of its format cliptune does
+//! not read. What cliptune reads of them is typed ([`Node`], [`Connection`], [`StartNode`])
+//! and read from that JSON where it is checked and planned.
 
 use crate::error::{Result, WorkerError};
-use crate::executions::Function;
+use crate::function::Function;
 use cliptune_store::Variable;
+use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
@@ -22,15 +28,218 @@ pub struct Template {
     pub variables: Vec<Variable>,
 }
 
+/// The part of a manifest cliptune reads (its other components are the app's, for Dataloop).
+#[derive(Deserialize)]
+struct Manifest {
+    components: Components,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Components {
+    pipeline_templates: Vec<TemplateSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TemplateSpec {
+    name: String,
+    #[serde(default)]
+    nodes: Vec<Value>,
+    #[serde(default)]
+    connections: Vec<Value>,
+    #[serde(default)]
+    start_nodes: Vec<Value>,
+    #[serde(default)]
+    variables: Vec<Variable>,
+}
+
+/// What cliptune reads of a template node.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Node {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default, rename = "type")]
+    pub kind: NodeType,
+    #[serde(default)]
+    pub namespace: Namespace,
+    #[serde(default)]
+    pub metadata: NodeMetadata,
+    #[serde(default)]
+    pub inputs: Vec<Port>,
+    #[serde(default)]
+    pub outputs: Vec<Port>,
+}
+
+/// Dataloop's node types cliptune tells apart; code and custom nodes run their function.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) enum NodeType {
+    Storage,
+    UpdateVariable,
+    Ml,
+    #[default]
+    #[serde(other)]
+    Custom,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Namespace {
+    #[serde(default)]
+    pub function_name: Option<String>,
+}
+
+/// The variables a storage node (`variableDataset`) or an ml node (`variableModel`) reads.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct NodeMetadata {
+    #[serde(default)]
+    pub variable_dataset: Option<String>,
+    #[serde(default)]
+    pub variable_model: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Port {
+    pub port_id: String,
+    /// Not read (ports are matched by id), but Dataloop has no port without one.
+    #[allow(dead_code)]
+    pub name: String,
+    /// The variable an input port reads when nothing is connected to it.
+    #[serde(default)]
+    pub variable_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct Connection {
+    pub src: End,
+    pub tgt: End,
+}
+
+/// One end of a connection: a node's port.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct End {
+    pub node_id: String,
+    pub port_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct StartNode {
+    pub node_id: String,
+}
+
+/// Reads `what` from `json`; the error names the place (`inputs[1]`) and what is wrong.
+fn typed<'a, T: Deserialize<'a>>(json: &'a Value, culprit: impl FnOnce() -> String) -> Result<T> {
+    serde_path_to_error::deserialize(json).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.into_inner();
+        let message = if path == "." {
+            message.to_string()
+        } else {
+            format!("{path}: {message}")
+        };
+        WorkerError::input(culprit(), message)
+    })
+}
+
+impl Node {
+    pub fn of(json: &Value) -> Result<Self> {
+        let id = node_id(json)?;
+        typed(json, || format!("node {id}"))
+    }
+
+    /// What cliptune runs for this node, by its type (as Dataloop does): the built-in
+    /// `updateVariable` node is update-variable; an `ml` node trains or embeds with the
+    /// model; a `storage` node emits its dataset's items; custom and code nodes run the
+    /// function their namespace names.
+    pub fn step(&self) -> Result<Step> {
+        let id = &self.id;
+        match self.kind {
+            NodeType::Storage => return Ok(Step::Storage),
+            NodeType::UpdateVariable => return Ok(Step::Run(Function::UpdateVariable)),
+            NodeType::Ml | NodeType::Custom => {}
+        }
+        let name = self.namespace.function_name.as_deref().ok_or_else(|| {
+            WorkerError::input(format!("node {id}"), "has no namespace.functionName")
+        })?;
+        let function = Function::parse(name)?;
+        if self.kind != NodeType::Ml {
+            return Ok(Step::Run(function));
+        }
+        match function {
+            Function::Train => Ok(Step::Run(Function::Train)),
+            Function::Embed | Function::EmbedItems => Ok(Step::Run(Function::EmbedItems)),
+            other => Err(WorkerError::input(
+                format!("node {id}"),
+                format!(
+                    "is an ml node running {:?}: cliptune's ml nodes train or embed",
+                    other.as_str()
+                ),
+            )),
+        }
+    }
+}
+
+/// A template's nodes, connections and start nodes as cliptune reads them.
+struct Graph {
+    nodes: Vec<Node>,
+    connections: Vec<Connection>,
+    starts: Vec<StartNode>,
+}
+
+impl Graph {
+    fn of(t: &Template) -> Result<Self> {
+        Ok(Self {
+            nodes: t.nodes.iter().map(Node::of).collect::<Result<_>>()?,
+            connections: t
+                .connections
+                .iter()
+                .map(|c| typed(c, || "connections".into()))
+                .collect::<Result<_>>()?,
+            starts: t
+                .start_nodes
+                .iter()
+                .map(|s| typed(s, || format!("{}.startNodes", t.name)))
+                .collect::<Result<_>>()?,
+        })
+    }
+}
+
 /// Reads `components.pipelineTemplates[]` of a manifest and checks each template.
 pub fn templates(manifest: &Value) -> Result<Vec<Template>> {
-    let list = manifest
+    if manifest
         .pointer("/components/pipelineTemplates")
         .and_then(Value::as_array)
-        .ok_or_else(|| {
-            WorkerError::input("manifest", "has no components.pipelineTemplates list")
-        })?;
-    list.iter().map(template).collect()
+        .is_none()
+    {
+        return Err(WorkerError::input(
+            "manifest",
+            "has no components.pipelineTemplates list",
+        ));
+    }
+    let manifest: Manifest = typed(manifest, || "manifest".into())?;
+    manifest
+        .components
+        .pipeline_templates
+        .into_iter()
+        .map(|t| {
+            let template = Template {
+                name: t.name,
+                nodes: t.nodes,
+                connections: t.connections,
+                start_nodes: t.start_nodes,
+                variables: t.variables,
+            };
+            check(&template)?;
+            Ok(template)
+        })
+        .collect()
 }
 
 /// Reads a manifest file (or the built-in one for `None`).
@@ -51,101 +260,57 @@ pub fn read_manifest(path: Option<&Path>) -> Result<Value> {
     })
 }
 
-fn template(t: &Value) -> Result<Template> {
-    let name = t
-        .get("name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| WorkerError::input("pipelineTemplates[].name", "missing"))?
-        .to_string();
-    let field = |k: &str| -> Result<Vec<Value>> {
-        match t.get(k) {
-            Some(Value::Array(a)) => Ok(a.clone()),
-            None => Ok(Vec::new()),
-            Some(_) => Err(WorkerError::input(format!("{name}.{k}"), "must be a list")),
-        }
-    };
-    let nodes = field("nodes")?;
-    let connections = field("connections")?;
-    let start_nodes = field("startNodes")?;
-    let variables: Vec<Variable> = serde_json::from_value(Value::Array(field("variables")?))
-        .map_err(|e| WorkerError::input(format!("{name}.variables"), e.to_string()))?;
-    let template = Template {
-        name,
-        nodes,
-        connections,
-        start_nodes,
-        variables,
-    };
-    check(&template)?;
-    Ok(template)
-}
-
 /// Every node runs a known step; connections and start nodes name existing nodes and
 /// ports; ports name existing variables; every node is run (see [`plan`]); no cycle.
 pub(crate) fn check(t: &Template) -> Result<()> {
+    let graph = Graph::of(t)?;
     let names: HashSet<&str> = t.variables.iter().map(|v| v.name.as_str()).collect();
-    let mut ports: HashSet<(String, String)> = HashSet::new();
-    for node in &t.nodes {
-        let id = node_id(node)?;
-        step_of(node)?;
-        for key in ["variableDataset", "variableModel"] {
-            if let Some(var) = node
-                .pointer(&format!("/metadata/{key}"))
-                .and_then(Value::as_str)
-            {
-                if !names.contains(var) {
-                    return Err(WorkerError::input(
-                        format!("node {id}"),
-                        format!("metadata.{key} names variable {var:?}, which the template does not declare"),
-                    ));
-                }
+    let mut ports: HashSet<(&str, &str)> = HashSet::new();
+    for node in &graph.nodes {
+        let id = &node.id;
+        node.step()?;
+        let meta = &node.metadata;
+        for (key, var) in [
+            ("variableDataset", &meta.variable_dataset),
+            ("variableModel", &meta.variable_model),
+        ] {
+            if let Some(var) = var.as_deref().filter(|v| !names.contains(v)) {
+                return Err(WorkerError::input(
+                    format!("node {id}"),
+                    format!("metadata.{key} names variable {var:?}, which the template does not declare"),
+                ));
             }
         }
-        for io in ["inputs", "outputs"] {
-            for port in node.get(io).and_then(Value::as_array).into_iter().flatten() {
-                let pid = port.get("portId").and_then(Value::as_str).ok_or_else(|| {
-                    WorkerError::input(
-                        format!("node {id}"),
-                        format!("an entry of {io} has no portId"),
-                    )
-                })?;
-                port.get("name").and_then(Value::as_str).ok_or_else(|| {
-                    WorkerError::input(format!("node {id}"), format!("port {pid} has no name"))
-                })?;
-                if let Some(var) = port.get("variableName").and_then(Value::as_str) {
-                    if !names.contains(var) {
-                        return Err(WorkerError::input(
-                            format!("node {id}"),
-                            format!("port {pid} reads variable {var:?}, which the template does not declare"),
-                        ));
-                    }
-                }
-                ports.insert((id.to_string(), pid.to_string()));
+        for port in node.inputs.iter().chain(&node.outputs) {
+            let pid = &port.port_id;
+            if let Some(var) = port.variable_name.as_deref().filter(|v| !names.contains(v)) {
+                return Err(WorkerError::input(
+                    format!("node {id}"),
+                    format!(
+                        "port {pid} reads variable {var:?}, which the template does not declare"
+                    ),
+                ));
+            }
+            ports.insert((id, pid));
+        }
+    }
+    for (c, json) in graph.connections.iter().zip(&t.connections) {
+        for (end, e) in [("src", &c.src), ("tgt", &c.tgt)] {
+            if !ports.contains(&(e.node_id.as_str(), e.port_id.as_str())) {
+                return Err(WorkerError::input(
+                    "connections",
+                    format!("{end} of {json} does not name an existing node port"),
+                ));
             }
         }
     }
-    for c in &t.connections {
-        for end in ["src", "tgt"] {
-            let n = c.pointer(&format!("/{end}/nodeId")).and_then(Value::as_str);
-            let p = c.pointer(&format!("/{end}/portId")).and_then(Value::as_str);
-            match (n, p) {
-                (Some(n), Some(p)) if ports.contains(&(n.to_string(), p.to_string())) => {}
-                _ => {
-                    return Err(WorkerError::input(
-                        "connections",
-                        format!("{end} of {c} does not name an existing node port"),
-                    ))
-                }
-            }
-        }
-    }
-    if t.start_nodes.is_empty() {
+    if graph.starts.is_empty() {
         return Err(WorkerError::input(
             format!("{}.startNodes", t.name),
             "is empty",
         ));
     }
-    plan(t)?;
+    plan_graph(&t.name, &graph)?;
     Ok(())
 }
 
@@ -162,10 +327,7 @@ pub(crate) fn node_name(node: &Value) -> String {
         .to_string()
 }
 
-/// What cliptune runs for a node, by the node's type (as Dataloop does): the built-in
-/// `updateVariable` node is update-variable; an `ml` node trains or embeds with the model;
-/// a `storage` node emits its dataset's items; custom and code nodes run the function their
-/// namespace names.
+/// What cliptune runs for a node (see [`Node::step`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Step {
     Run(Function),
@@ -173,32 +335,7 @@ pub(crate) enum Step {
 }
 
 pub(crate) fn step_of(node: &Value) -> Result<Step> {
-    let id = node_id(node).unwrap_or("?");
-    let kind = node.get("type").and_then(Value::as_str).unwrap_or("custom");
-    match kind {
-        "storage" => return Ok(Step::Storage),
-        "updateVariable" => return Ok(Step::Run(Function::UpdateVariable)),
-        _ => {}
-    }
-    let name = node
-        .pointer("/namespace/functionName")
-        .and_then(Value::as_str)
-        .ok_or_else(|| WorkerError::input(format!("node {id}"), "has no namespace.functionName"))?;
-    let function = Function::parse(name)?;
-    if kind != "ml" {
-        return Ok(Step::Run(function));
-    }
-    match function {
-        Function::Train => Ok(Step::Run(Function::Train)),
-        Function::Embed | Function::EmbedItems => Ok(Step::Run(Function::EmbedItems)),
-        other => Err(WorkerError::input(
-            format!("node {id}"),
-            format!(
-                "is an ml node running {:?}: cliptune's ml nodes train or embed",
-                other.as_str()
-            ),
-        )),
-    }
+    Node::of(node)?.step()
 }
 
 /// A storage node feeding an embedding node: every item of the storage node's dataset is
@@ -218,28 +355,29 @@ pub(crate) struct Plan {
     pub branches: Vec<Branch>,
 }
 
-fn edges(t: &Template) -> Vec<(String, String)> {
+fn edges(g: &Graph) -> Vec<(String, String)> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
-    for c in &t.connections {
-        let s = c.pointer("/src/nodeId").and_then(Value::as_str);
-        let d = c.pointer("/tgt/nodeId").and_then(Value::as_str);
-        if let (Some(s), Some(d)) = (s, d) {
-            if seen.insert((s, d)) {
-                out.push((s.to_string(), d.to_string()));
-            }
+    for c in &g.connections {
+        let (s, d) = (c.src.node_id.as_str(), c.tgt.node_id.as_str());
+        if seen.insert((s, d)) {
+            out.push((s.to_string(), d.to_string()));
         }
     }
     out
 }
 
 pub(crate) fn plan(t: &Template) -> Result<Plan> {
-    let steps: HashMap<&str, Step> = t
+    plan_graph(&t.name, &Graph::of(t)?)
+}
+
+fn plan_graph(template: &str, g: &Graph) -> Result<Plan> {
+    let steps: HashMap<&str, Step> = g
         .nodes
         .iter()
-        .map(|n| Ok((node_id(n)?, step_of(n)?)))
+        .map(|n| Ok((n.id.as_str(), n.step()?)))
         .collect::<Result<_>>()?;
-    let edges = edges(t);
+    let edges = edges(g);
     let downstream = |n: &str| -> Vec<String> {
         edges
             .iter()
@@ -247,12 +385,7 @@ pub(crate) fn plan(t: &Template) -> Result<Plan> {
             .map(|(_, d)| d.clone())
             .collect()
     };
-    let starts: Vec<String> = t
-        .start_nodes
-        .iter()
-        .filter_map(|s| s.get("nodeId").and_then(Value::as_str))
-        .map(String::from)
-        .collect();
+    let starts: Vec<String> = g.starts.iter().map(|s| s.node_id.clone()).collect();
     for s in &starts {
         if !steps.contains_key(s.as_str()) {
             return Err(WorkerError::input("startNodes", format!("no node {s:?}")));
@@ -291,7 +424,7 @@ pub(crate) fn plan(t: &Template) -> Result<Plan> {
     }
     if main.len() < reachable.len() {
         return Err(WorkerError::input(
-            format!("{}.connections", t.name),
+            format!("{template}.connections"),
             "form a cycle (or a node waits on one that never runs)",
         ));
     }
@@ -303,8 +436,8 @@ pub(crate) fn plan(t: &Template) -> Result<Plan> {
         ));
     }
     let mut branches = Vec::new();
-    for node in &t.nodes {
-        let id = node_id(node)?;
+    for node in &g.nodes {
+        let id = node.id.as_str();
         if reachable.contains(id) || steps[id] != Step::Storage {
             continue;
         }
@@ -324,8 +457,8 @@ pub(crate) fn plan(t: &Template) -> Result<Plan> {
             });
         }
     }
-    for node in &t.nodes {
-        let id = node_id(node)?;
+    for node in &g.nodes {
+        let id = node.id.as_str();
         let in_branch = branches.iter().any(|b| b.storage == id || b.embed == id);
         if !reachable.contains(id) && !in_branch {
             return Err(WorkerError::input(
@@ -333,7 +466,7 @@ pub(crate) fn plan(t: &Template) -> Result<Plan> {
                 format!(
                     "{:?} never runs: it is neither reachable from startNodes nor in a storage \
                      node's embedding branch",
-                    node_name(node)
+                    node.name.as_deref().unwrap_or(id)
                 ),
             ));
         }
@@ -423,5 +556,39 @@ mod tests {
             .retain(|c| c["src"]["nodeId"] != storage);
         let err = templates(&manifest).unwrap_err().to_string();
         assert!(err.contains("never runs"), "{err}");
+    }
+
+    #[test]
+    fn malformed_nodes_name_the_node_and_the_place() {
+        let mut manifest = read_manifest(None).unwrap();
+        let t = &mut manifest["components"]["pipelineTemplates"][0];
+        let id = t["nodes"][0]["id"].as_str().unwrap().to_string();
+        t["nodes"][0]["outputs"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("portId");
+        t["nodes"][0]["someNewDataloopField"] = json!({"kept": true});
+        let err = templates(&manifest).unwrap_err().to_string();
+        assert!(err.contains(&format!("node {id}")), "{err}");
+        assert!(
+            err.contains("outputs[0]") && err.contains("portId"),
+            "{err}"
+        );
+
+        let mut manifest = read_manifest(None).unwrap();
+        manifest["components"]["pipelineTemplates"][0]["startNodes"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("nodeId");
+        let err = templates(&manifest).unwrap_err().to_string();
+        assert!(
+            err.contains("startNodes") && err.contains("nodeId"),
+            "{err}"
+        );
+
+        let mut manifest = read_manifest(None).unwrap();
+        manifest["components"]["pipelineTemplates"][0]["nodes"] = json!({});
+        let err = templates(&manifest).unwrap_err().to_string();
+        assert!(err.contains("pipelineTemplates[0].nodes"), "{err}");
     }
 }

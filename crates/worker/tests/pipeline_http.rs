@@ -619,4 +619,25 @@ fn the_committed_openapi_document_matches_the_code() {
             "{p} missing from the document"
         );
     }
+    // The nodes' bodies are their typed inputs, not bare objects.
+    let schemas = &doc["components"]["schemas"];
+    for (path, schema, field) in [
+        ("/train", "TrainInput", "model"),
+        ("/create-model", "CreateModelInput", "base_model"),
+        ("/update-variable", "UpdateVariableInput", "variable"),
+        ("/embed", "EmbedRequest", "items"),
+    ] {
+        assert!(
+            schemas[schema]["properties"].get(field).is_some(),
+            "{schema} has no property {field}: {}",
+            schemas[schema]
+        );
+        let body = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"]["$ref"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(body.starts_with("#/components/schemas/"), "{path}: {body}");
+    }
+    let embed = &schemas["EmbedBody"]["oneOf"];
+    assert_eq!(embed.as_array().map(Vec::len), Some(2), "{embed}");
 }

@@ -179,7 +179,11 @@ async fn server_errors_are_bounded() {
     gate.fail("POST", "/datasets/query", 500, 100, None);
     let e = b.list_datasets().await.unwrap_err();
     assert!(matches!(e, StoreError::Remote { status: 500, .. }), "{e:?}");
-    assert_eq!(e.http_status(), 502);
+    assert_eq!(
+        e.kind(),
+        cliptune_store::ErrorKind::Remote,
+        "answered as 502 by the worker"
+    );
 }
 
 #[tokio::test]

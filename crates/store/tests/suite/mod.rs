@@ -58,7 +58,7 @@ fn names(items: &[Item]) -> Vec<String> {
 }
 
 fn assert_kind(err: StoreError, kind: &str, mentions: &str) {
-    assert_eq!(err.kind(), kind, "wrong error kind for {err}");
+    assert_eq!(err.kind().as_str(), kind, "wrong error kind for {err}");
     assert!(
         err.to_string().contains(mentions),
         "error {err:?} should mention {mentions:?}"

@@ -180,6 +180,14 @@ pub struct VariableValue {
     pub value: Value,
 }
 
+/// The body of `POST /embed`: an execution (a dataset or items) or the online form.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum EmbedBody {
+    Execution(crate::nodes::EmbedRequest),
+    Online(OnlineEmbedRequest),
+}
+
 /// Online embedding: vectors for texts and images in the request, in input order.
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

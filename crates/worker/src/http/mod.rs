@@ -10,8 +10,9 @@ pub mod api;
 mod attached;
 pub mod online;
 
-use crate::error::{ErrorBody, Result, WorkerError};
+use crate::error::{ErrorBody, ErrorKind, Result, WorkerError};
 use crate::executions::{Function, Worker};
+use crate::nodes::{CreateModelInput, TrainInput, UpdateVariableInput};
 use api::*;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Path, Query, Request, State};
@@ -45,6 +46,7 @@ use utoipa::OpenApi;
     ),
     components(schemas(
         ErrorBody, Function, Health, Ready, Info, Limits, ExecutionRequest, ExecutionView,
+        TrainInput, CreateModelInput, UpdateVariableInput, EmbedBody,
         StatusView, PipelineExecuteRequest, VariableValue, OnlineEmbedRequest, OnlineEmbedResponse,
         online::SearchRequest, online::SearchResponse, online::SearchTiming, online::ModelRef, crate::search::Hit,
         online::ModelList, online::ModelSummary, online::DatasetSummary,
@@ -302,14 +304,14 @@ async fn json_errors(request: Request, next: Next) -> Response {
         .await
         .map(|b| String::from_utf8_lossy(&b).trim().to_string())
         .unwrap_or_default();
-    let error_type = match status {
-        StatusCode::BAD_REQUEST => "bad_request",
-        StatusCode::NOT_FOUND => "not_found",
-        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        s if s.is_server_error() => "internal",
-        _ => "bad_request",
+    let kind = match status {
+        StatusCode::BAD_REQUEST => ErrorKind::BadRequest,
+        StatusCode::NOT_FOUND => ErrorKind::NotFound,
+        StatusCode::METHOD_NOT_ALLOWED => ErrorKind::MethodNotAllowed,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorKind::PayloadTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorKind::UnsupportedMediaType,
+        s if s.is_server_error() => ErrorKind::Internal,
+        _ => ErrorKind::BadRequest,
     };
     let error = if text.is_empty() {
         status.canonical_reason().unwrap_or("error").to_string()
@@ -318,7 +320,7 @@ async fn json_errors(request: Request, next: Next) -> Response {
     };
     let body = ErrorBody {
         error,
-        error_type: error_type.into(),
+        error_type: kind.as_str().into(),
     };
     let mut out = (status, Json(body)).into_response();
     for (name, value) in parts.headers.iter() {
@@ -485,7 +487,7 @@ async fn openapi_json() -> Response {
 }
 
 #[utoipa::path(post, path = "/train", tag = "nodes", security(("bearer" = [])), params(WaitParams),
-    request_body(content = Object, description = "`{\"model\": {\"model_id\"}, \"config\"?: {...}}`"),
+    request_body(content = TrainInput, description = "The model to train and config overrides for this run"),
     responses(
         (status = 202, description = "Queued", body = ExecutionView),
         (status = 200, description = "Ended (with wait=true)", body = ExecutionView),
@@ -501,7 +503,7 @@ async fn train(
 }
 
 #[utoipa::path(post, path = "/embed", tag = "nodes", security(("bearer" = [])), params(WaitParams),
-    request_body(content = Object, description = "Dataset form `{\"dataset_id\"}` / `{\"dataset\": {\"dataset_id\"}, \"filter\"?, \"model\"?}` or `{\"items\": [{\"item_id\"}]}` (an execution); online form `{\"texts\": [...], \"images\": [base64], \"item_ids\": [...], \"model_id\"?}` (answered at once, see OnlineEmbedRequest)"),
+    request_body(content = EmbedBody, description = "Dataset form `{\"dataset_id\"}` / `{\"dataset\": {\"dataset_id\"}, \"filter\"?, \"model\"?}` or `{\"items\": [{\"item_id\"}]}` (an execution); online form `{\"texts\": [...], \"images\": [base64], \"item_ids\": [...], \"model_id\"?}` (answered at once, see OnlineEmbedRequest)"),
     responses(
         (status = 202, description = "Dataset form: queued", body = ExecutionView),
         (status = 200, description = "Online form: vectors in input order (timing in Server-Timing and x-*-ms headers); dataset form with wait=true: ended", body = OnlineEmbedResponse),
@@ -526,7 +528,7 @@ async fn embed(
 }
 
 #[utoipa::path(post, path = "/create-model", tag = "nodes", security(("bearer" = [])), params(WaitParams),
-    request_body(content = Object, description = "`{\"base_model\": {\"model_id\"}, \"dataset\": {\"dataset_id\"}, \"model_config\"?, \"train_subset\"?, \"validation_subset\"?, \"name\"?}`"),
+    request_body(content = CreateModelInput, description = "The base model, the dataset, config and subsets of the new model"),
     responses(
         (status = 202, description = "Queued", body = ExecutionView),
         (status = 200, description = "Ended (with wait=true)", body = ExecutionView),
@@ -541,7 +543,7 @@ async fn create_model(
 }
 
 #[utoipa::path(post, path = "/update-variable", tag = "nodes", security(("bearer" = [])), params(WaitParams),
-    request_body(content = Object, description = "`{\"model\": {\"model_id\"}, \"pipeline\": id, \"variable\"?: \"Newest CLIP model\"}`"),
+    request_body(content = UpdateVariableInput, description = "The model, and the pipeline and variable to point at it"),
     responses(
         (status = 202, description = "Queued", body = ExecutionView),
         (status = 200, description = "Ended (with wait=true)", body = ExecutionView),

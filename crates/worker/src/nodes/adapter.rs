@@ -4,138 +4,68 @@
 //! Both run the embedding node ([`super::embed`]); only their inputs and outputs differ.
 
 use super::embed::{self, EmbedInput, EmbedTarget};
-use super::entity_ref;
+use super::input::{json_object, parse, DatasetRef, ItemList, ModelRef, PipelineRef};
 use crate::ctx::NodeCtx;
 use crate::error::{Result, WorkerError};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
-
-/// Reads a typed input; serde's message names the unknown or mistyped field.
-fn typed<T: serde::de::DeserializeOwned>(input: &Value) -> Result<T> {
-    let input = match input {
-        Value::Null => Value::Object(Map::new()),
-        v => v.clone(),
-    };
-    serde_json::from_value(input).map_err(|e| WorkerError::input("input", e.to_string()))
-}
-
-fn optional_ref(value: Option<&Value>, field: &str, key: &str) -> Result<Option<String>> {
-    match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => entity_ref(v, field, &[key]).map(Some),
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawItems {
-    #[serde(alias = "item_ids")]
-    items: Value,
-    #[serde(default)]
-    model: Option<Value>,
-    #[serde(default, alias = "pipeline_id")]
-    pipeline: Option<Value>,
-}
+use serde_json::{json, Value};
 
 /// `embed_items`: item refs (`[{"item_id"}, ...]`, or one item), the model (default: the
 /// pipeline's "Newest CLIP model").
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct EmbedItemsInput {
-    pub items: Vec<String>,
-    pub model: Option<String>,
-    pub pipeline: Option<String>,
+    #[serde(alias = "item_ids")]
+    pub items: ItemList,
+    #[serde(default)]
+    pub model: Option<ModelRef>,
+    /// Whose "Newest CLIP model" is the default model.
+    #[serde(default, alias = "pipeline_id")]
+    pub pipeline: Option<PipelineRef>,
 }
 
 impl EmbedItemsInput {
     pub fn parse(input: &Value) -> Result<Self> {
-        let raw: RawItems = typed(input)?;
-        let list = match raw.items {
-            Value::Array(list) if !list.is_empty() => list,
-            // dtlpy's embed_items takes "a list of items (or single)".
-            one @ (Value::Object(_) | Value::String(_)) => vec![one],
-            other => {
-                return Err(WorkerError::input(
-                    "items",
-                    format!("must be a non-empty list of {{\"item_id\"}} objects, got {other}"),
-                ))
-            }
-        };
-        Ok(Self {
-            items: list
-                .iter()
-                .enumerate()
-                .map(|(i, v)| entity_ref(v, &format!("items[{i}]"), &["item_id"]))
-                .collect::<Result<_>>()?,
-            model: optional_ref(raw.model.as_ref(), "model", "model_id")?,
-            pipeline: optional_ref(raw.pipeline.as_ref(), "pipeline", "pipeline_id")?,
-        })
+        parse(input)
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDataset {
-    // `dataset_id`: what `embed_dataset` took when it was an alias of `embed`.
-    #[serde(alias = "dataset_id")]
-    dataset: Value,
-    #[serde(default, alias = "filter")]
-    filters: Option<Value>,
-    #[serde(default)]
-    model: Option<Value>,
-    #[serde(default, alias = "pipeline_id")]
-    pipeline: Option<Value>,
 }
 
 /// `embed_dataset`: the dataset, `filters` (a bare DQL filter or a whole DQL body as dtlpy
 /// sends `Filters.prepare()`; stored as given, the store reads either), the model.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct EmbedDatasetInput {
-    pub dataset: String,
-    pub filters: Option<Value>,
-    pub model: Option<String>,
-    pub pipeline: Option<String>,
+    // `dataset_id`: what `embed_dataset` took when it was an alias of `embed`.
+    #[serde(alias = "dataset_id")]
+    pub dataset: DatasetRef,
+    /// A DQL filter or body; `{}` or absent: every item.
+    #[serde(default, alias = "filter", deserialize_with = "json_object")]
+    #[schema(value_type = Option<Object>)]
+    pub filters: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    pub model: Option<ModelRef>,
+    #[serde(default, alias = "pipeline_id")]
+    pub pipeline: Option<PipelineRef>,
 }
 
 impl EmbedDatasetInput {
     pub fn parse(input: &Value) -> Result<Self> {
-        let raw: RawDataset = typed(input)?;
-        let filters = match raw.filters {
-            None | Some(Value::Null) => None,
-            Some(Value::Object(m)) if m.is_empty() => None,
-            Some(f @ Value::Object(_)) => Some(f),
-            // A Json port may carry the object as a string.
-            Some(Value::String(s)) => Some(
-                serde_json::from_str::<Value>(&s)
-                    .ok()
-                    .filter(Value::is_object)
-                    .ok_or_else(|| WorkerError::input("filters", "must be a DQL object"))?,
-            ),
-            Some(other) => {
-                return Err(WorkerError::input(
-                    "filters",
-                    format!("must be a DQL filter or body, got {other}"),
-                ))
-            }
-        };
-        if let Some(f) = &filters {
-            cliptune_store::dql::Filter::parse_given(Some(f))
+        let mut input: Self = parse(input)?;
+        input.filters = input.filters.filter(|f| !f.is_empty());
+        if let Some(f) = &input.filters {
+            cliptune_store::dql::Filter::parse_given(Some(&Value::Object(f.clone())))
                 .map_err(|e| WorkerError::input("filters", e.to_string()))?;
         }
-        Ok(Self {
-            dataset: entity_ref(&raw.dataset, "dataset", &["dataset_id"])?,
-            filters,
-            model: optional_ref(raw.model.as_ref(), "model", "model_id")?,
-            pipeline: optional_ref(raw.pipeline.as_ref(), "pipeline", "pipeline_id")?,
-        })
+        Ok(input)
     }
 }
 
 impl From<EmbedItemsInput> for EmbedInput {
     fn from(i: EmbedItemsInput) -> Self {
         Self {
-            target: EmbedTarget::Items(i.items),
-            model: i.model,
-            pipeline: i.pipeline,
+            target: EmbedTarget::Items(i.items.0.into_iter().map(String::from).collect()),
+            model: i.model.map(String::from),
+            pipeline: i.pipeline.map(String::from),
         }
     }
 }
@@ -144,11 +74,11 @@ impl From<EmbedDatasetInput> for EmbedInput {
     fn from(i: EmbedDatasetInput) -> Self {
         Self {
             target: EmbedTarget::Dataset {
-                id: i.dataset,
-                filter: i.filters,
+                id: i.dataset.into(),
+                filter: i.filters.map(Value::Object),
             },
-            model: i.model,
-            pipeline: i.pipeline,
+            model: i.model.map(String::from),
+            pipeline: i.pipeline.map(String::from),
         }
     }
 }
@@ -157,7 +87,7 @@ impl From<EmbedDatasetInput> for EmbedInput {
 /// `json` (their vectors, in the same order), plus the embedding node's report. An item
 /// that cannot be read is listed under `failed` rather than failing the others.
 pub async fn embed_items(input: EmbedItemsInput, ctx: &NodeCtx) -> Result<Value> {
-    let ids = input.items.clone();
+    let ids: Vec<String> = input.items.0.iter().map(|i| i.0.clone()).collect();
     let mut report = embed::run(input.into(), ctx).await?;
     let set = report["feature_set_id"]
         .as_str()
@@ -196,10 +126,10 @@ mod tests {
             &json!({"items": [{"item_id": "a"}, "b"], "model": {"model_id": "m"}}),
         )
         .unwrap();
-        assert_eq!(i.items, ["a", "b"]);
+        assert_eq!(i.items.0, ["a", "b"]);
         assert_eq!(i.model.as_deref(), Some("m"));
         let one = EmbedItemsInput::parse(&json!({"items": {"item_id": "a"}})).unwrap();
-        assert_eq!(one.items, ["a"]);
+        assert_eq!(one.items.0, ["a"]);
         for bad in [json!({"items": []}), json!({}), json!({"items": [3]})] {
             assert!(EmbedItemsInput::parse(&bad).is_err(), "{bad}");
         }
@@ -213,10 +143,14 @@ mod tests {
                           "page": 0, "pageSize": 1000, "resource": "items"});
         let i = EmbedDatasetInput::parse(&json!({"dataset": {"dataset_id": "d"}, "filters": body}))
             .unwrap();
-        assert_eq!(i.filters.as_ref(), Some(&body), "never wrapped again");
+        assert_eq!(
+            i.filters.map(Value::Object),
+            Some(body),
+            "never wrapped again"
+        );
         let s = EmbedDatasetInput::parse(&json!({"dataset": "d", "filters": "{\"dir\": \"/a\"}"}))
             .unwrap();
-        assert_eq!(s.filters, Some(json!({"dir": "/a"})));
+        assert_eq!(s.filters.map(Value::Object), Some(json!({"dir": "/a"})));
         let none = EmbedDatasetInput::parse(&json!({"dataset_id": "d", "filters": null})).unwrap();
         assert_eq!(none.dataset, "d");
         assert!(none.filters.is_none());

@@ -2,108 +2,72 @@
 //! dataset, with the shallowly merged config and the train/validation subset filters.
 //! Outputs `new_model` and `base_model`, the template node's ports.
 
-use super::{entity_ref, optional_object};
+use super::input::{json_object, non_blank, parse, DatasetRef, ModelRef};
 use crate::ctx::NodeCtx;
 use crate::error::{Result, WorkerError};
 use cliptune_store::{CloneModel, Subsets};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-#[derive(Debug, Clone)]
-pub struct CreateModelInput {
-    pub base_model: String,
-    pub dataset: String,
-    pub config: Option<Map<String, Value>>,
-    pub train_subset: Option<Value>,
-    pub validation_subset: Option<Value>,
-    pub name: Option<String>,
-    pub description: Option<String>,
-}
-
 /// The ports of the template's *Create New Model* node (`model_configuration`), plus the
 /// names cliptune used before (`model_config`, `config`, `model`).
-#[derive(Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Raw {
+pub struct CreateModelInput {
+    /// The model to clone.
     #[serde(alias = "model")]
-    base_model: Option<Value>,
-    dataset: Option<Value>,
-    #[serde(default, alias = "model_config", alias = "config")]
-    model_configuration: Option<Value>,
-    #[serde(default)]
-    train_subset: Option<Value>,
-    #[serde(default)]
-    validation_subset: Option<Value>,
-    #[serde(default)]
-    name: Option<Value>,
-    #[serde(default)]
-    description: Option<Value>,
+    pub base_model: ModelRef,
+    /// The dataset the new model trains on.
+    pub dataset: DatasetRef,
+    /// Keys merged (shallowly) over the base model's configuration.
+    #[serde(
+        default,
+        rename = "model_configuration",
+        alias = "model_config",
+        alias = "config",
+        deserialize_with = "json_object"
+    )]
+    #[schema(value_type = Option<Object>)]
+    pub config: Option<Map<String, Value>>,
+    /// The train subset's DQL filter (a bare filter or a whole DQL body); default: items
+    /// tagged `train`.
+    #[serde(default, deserialize_with = "json_object")]
+    #[schema(value_type = Option<Object>)]
+    pub train_subset: Option<Map<String, Value>>,
+    /// The validation subset's DQL filter; default: items tagged `validation`.
+    #[serde(default, deserialize_with = "json_object")]
+    #[schema(value_type = Option<Object>)]
+    pub validation_subset: Option<Map<String, Value>>,
+    /// The new model's name; default: derived from the base model's.
+    #[serde(default, deserialize_with = "non_blank")]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "non_blank")]
+    pub description: Option<String>,
 }
 
 impl CreateModelInput {
     pub fn parse(input: &Value) -> Result<Self> {
-        let input = match input {
-            Value::Null => json!({}),
-            v => v.clone(),
-        };
-        let raw: Raw = serde_json::from_value(input)
-            .map_err(|e| WorkerError::input("input", e.to_string()))?;
-        let base = raw
-            .base_model
-            .ok_or_else(|| WorkerError::input("base_model", "missing"))?;
-        let dataset = raw
-            .dataset
-            .ok_or_else(|| WorkerError::input("dataset", "missing"))?;
-        let filter = |name: &str, given: Option<Value>| -> Result<Option<Value>> {
-            let subset = match given {
-                None | Some(Value::Null) => return Ok(None),
-                Some(v @ Value::Object(_)) => v,
-                Some(Value::String(s)) => serde_json::from_str::<Value>(&s)
-                    .ok()
-                    .filter(Value::is_object)
-                    .ok_or_else(|| WorkerError::input(name, "must be a DQL filter object"))?,
-                Some(other) => {
-                    return Err(WorkerError::input(
-                        name,
-                        format!("must be a DQL filter object, got {other}"),
-                    ))
-                }
-            };
-            // A bad subset is refused here, not when training reads it; it is stored as
-            // given (a bare filter or a whole DQL body, as the template's defaults are).
-            cliptune_store::dql::Filter::parse_given(Some(&subset))
-                .map_err(|e| WorkerError::input(name, e.to_string()))?;
-            Ok(Some(subset))
-        };
-        let text = |name: &str, given: Option<Value>| -> Result<Option<String>> {
-            match given {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.trim().to_string())),
-                Some(other) => Err(WorkerError::input(
-                    name,
-                    format!("must be a non-empty string, got {other}"),
-                )),
+        let mut input: Self = parse(input)?;
+        // A bad subset is refused here, not when training reads it; it is stored as given
+        // (a bare filter or a whole DQL body, as the template's defaults are).
+        for (name, subset) in [
+            ("train_subset", &input.train_subset),
+            ("validation_subset", &input.validation_subset),
+        ] {
+            if let Some(s) = subset {
+                cliptune_store::dql::Filter::parse_given(Some(&Value::Object(s.clone())))
+                    .map_err(|e| WorkerError::input(name, e.to_string()))?;
             }
-        };
-        let mut config = Map::new();
-        if let Some(c) = raw.model_configuration {
-            config.insert("model_configuration".into(), c);
         }
-        let config = optional_object(&config, &["model_configuration"])?;
         // The adapter file is written into the model's folder: a path is refused before a
         // model exists (the other keys are checked when training reads the merged config).
-        if let Some(c) = &config {
+        if let Some(c) = &input.config {
             cliptune_train::config::check_weights_filename(c)?;
         }
-        Ok(Self {
-            base_model: entity_ref(&base, "base_model", &["model_id"])?,
-            dataset: entity_ref(&dataset, "dataset", &["dataset_id"])?,
-            config,
-            train_subset: filter("train_subset", raw.train_subset)?,
-            validation_subset: filter("validation_subset", raw.validation_subset)?,
-            name: text("name", raw.name)?,
-            description: text("description", raw.description)?,
-        })
+        for text in [&mut input.name, &mut input.description] {
+            *text = text.take().map(|t| t.trim().to_string());
+        }
+        Ok(input)
     }
 }
 
@@ -119,8 +83,10 @@ pub async fn run(input: CreateModelInput, ctx: &NodeCtx) -> Result<Value> {
     }
     let defaults = Subsets::default_filters();
     let subsets = Subsets {
-        train: input.train_subset.unwrap_or(defaults.train),
-        validation: input.validation_subset.unwrap_or(defaults.validation),
+        train: input.train_subset.map_or(defaults.train, Value::Object),
+        validation: input
+            .validation_subset
+            .map_or(defaults.validation, Value::Object),
     };
     ctx.check()?;
     let model = platform

@@ -9,9 +9,8 @@
 //! The online form of `POST /embed` (texts and images in the request) is served by
 //! [`embed_online`], outside the execution queue.
 
-use super::{
-    entity_ref, local_weights, local_weights_for, object, reject_unknown, NEWEST_MODEL_VARIABLE,
-};
+use super::input::{parse, DatasetRef, ItemRef, ModelRef, PipelineRef};
+use super::{entity_ref, local_weights, local_weights_for, NEWEST_MODEL_VARIABLE};
 use crate::batcher::{forward, Rows};
 use crate::ctx::{Env, NodeCtx};
 use crate::device::DeviceCtx;
@@ -43,81 +42,68 @@ pub struct EmbedInput {
     pub pipeline: Option<String>,
 }
 
+/// *Embeddings*' inputs as an execution takes them: a dataset (with an optional `filter`)
+/// or a list of items.
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedRequest {
+    #[serde(default, alias = "dataset_id")]
+    pub dataset: Option<DatasetRef>,
+    #[serde(default, alias = "item_ids")]
+    pub items: Option<Vec<ItemRef>>,
+    /// A DQL filter over the dataset's items (only with `dataset`).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<serde_json::Map<String, Value>>,
+    /// Default: the pipeline's "Newest CLIP model".
+    #[serde(default)]
+    pub model: Option<ModelRef>,
+    #[serde(default, alias = "pipeline_id")]
+    pub pipeline: Option<PipelineRef>,
+}
+
 impl EmbedInput {
     pub fn parse(input: &Value) -> Result<Self> {
-        let map = object(input)?;
-        if map.contains_key("texts") || map.contains_key("images") {
+        if input.get("texts").is_some() || input.get("images").is_some() {
             return Err(WorkerError::input(
                 "texts",
                 "texts and images are embedded online by POST /embed, not by an execution",
             ));
         }
-        reject_unknown(
-            &map,
-            &[
-                "dataset",
-                "dataset_id",
-                "items",
-                "item_ids",
-                "filter",
-                "model",
-                "pipeline",
-                "pipeline_id",
-            ],
-        )?;
-        let items = map.get("items").or_else(|| map.get("item_ids"));
-        let dataset = map.get("dataset").or_else(|| map.get("dataset_id"));
-        let target =
-            match (dataset, items) {
-                (Some(_), Some(_)) => {
-                    return Err(WorkerError::input(
-                        "items",
-                        "give either a dataset or a list of items, not both",
-                    ))
+        let r: EmbedRequest = parse(input)?;
+        let target = match (r.dataset, r.items) {
+            (Some(_), Some(_)) => {
+                return Err(WorkerError::input(
+                    "items",
+                    "give either a dataset or a list of items, not both",
+                ))
+            }
+            (Some(d), None) => EmbedTarget::Dataset {
+                id: d.into(),
+                filter: r.filter.map(Value::Object),
+            },
+            (None, Some(items)) if !items.is_empty() => {
+                if input.get("filter").is_some() {
+                    return Err(WorkerError::input("filter", "only applies to a dataset"));
                 }
-                (Some(d), None) => EmbedTarget::Dataset {
-                    id: entity_ref(d, "dataset", &["dataset_id"])?,
-                    filter: match map.get("filter") {
-                        None | Some(Value::Null) => None,
-                        Some(f @ Value::Object(_)) => Some(f.clone()),
-                        Some(other) => {
-                            return Err(WorkerError::input(
-                                "filter",
-                                format!("must be a DQL filter object, got {other}"),
-                            ))
-                        }
-                    },
-                },
-                (None, Some(Value::Array(list))) if !list.is_empty() => EmbedTarget::Items(
-                    list.iter()
-                        .enumerate()
-                        .map(|(i, v)| entity_ref(v, &format!("items[{i}]"), &["item_id"]))
-                        .collect::<Result<_>>()?,
-                ),
-                (None, Some(other)) => {
-                    return Err(WorkerError::input(
-                        "items",
-                        format!("must be a non-empty list of {{\"item_id\"}} objects, got {other}"),
-                    ))
-                }
-                (None, None) => return Err(WorkerError::input(
-                    "dataset",
-                    "missing: give `dataset` ({\"dataset_id\"}) or `items` ([{\"item_id\"}, ...])",
-                )),
-            };
-        if map.contains_key("filter") && matches!(target, EmbedTarget::Items(_)) {
-            return Err(WorkerError::input("filter", "only applies to a dataset"));
-        }
-        let optional = |names: [&str; 2], keys: &[&str]| -> Result<Option<String>> {
-            match names.iter().find_map(|n| map.get(*n).map(|v| (n, v))) {
-                None | Some((_, Value::Null)) => Ok(None),
-                Some((n, v)) => entity_ref(v, n, keys).map(Some),
+                EmbedTarget::Items(items.into_iter().map(String::from).collect())
+            }
+            (None, Some(_)) => {
+                return Err(WorkerError::input(
+                    "items",
+                    "must be a non-empty list of {\"item_id\"} objects",
+                ))
+            }
+            (None, None) => {
+                let message = "missing: give `dataset` ({\"dataset_id\"}) \
+                               or `items` ([{\"item_id\"}, ...])";
+                return Err(WorkerError::input("dataset", message));
             }
         };
         Ok(Self {
             target,
-            model: optional(["model", "model"], &["model_id"])?,
-            pipeline: optional(["pipeline", "pipeline_id"], &["pipeline_id"])?,
+            model: r.model.map(String::from),
+            pipeline: r.pipeline.map(String::from),
         })
     }
 }

@@ -8,6 +8,7 @@
 pub mod adapter;
 mod create_model;
 pub mod embed;
+pub mod input;
 pub mod train;
 mod update_variable;
 
@@ -18,7 +19,8 @@ use serde_json::{Map, Value};
 
 pub use adapter::{EmbedDatasetInput, EmbedItemsInput};
 pub use create_model::CreateModelInput;
-pub use embed::{EmbedInput, EmbedTarget};
+pub use embed::{EmbedInput, EmbedRequest, EmbedTarget};
+pub use input::{DatasetRef, ItemList, ItemRef, ModelRef, PipelineRef};
 pub use train::TrainInput;
 pub use update_variable::UpdateVariableInput;
 
@@ -121,28 +123,7 @@ pub(crate) fn object(input: &Value) -> Result<Map<String, Value>> {
 
 /// An entity reference: a bare id/name string, or an object with one of `keys` (or `id`).
 pub(crate) fn entity_ref(value: &Value, field: &str, keys: &[&str]) -> Result<String> {
-    let found = match value {
-        Value::String(s) => Some(s.trim().to_string()),
-        Value::Object(m) => keys
-            .iter()
-            .chain(["id"].iter())
-            .find_map(|k| m.get(*k).and_then(Value::as_str))
-            .map(|s| s.trim().to_string()),
-        _ => None,
-    };
-    match found {
-        Some(s) if !s.is_empty() => Ok(s),
-        _ => Err(WorkerError::input(
-            field,
-            format!(
-                "expected an id string or an object with {} (got {value})",
-                keys.iter()
-                    .map(|k| format!("`{k}`"))
-                    .collect::<Vec<_>>()
-                    .join(" or ")
-            ),
-        )),
-    }
+    input::ref_id(value, keys).map_err(|m| WorkerError::input(field, m))
 }
 
 /// The model named by input `field` (`{"model_id"}` or a string).
@@ -152,33 +133,6 @@ pub fn model_input(input: &Value, field: &str) -> Result<String> {
         .get(field)
         .ok_or_else(|| WorkerError::input(field, "missing"))?;
     entity_ref(v, field, &["model_id"])
-}
-
-/// An optional JSON object input (a config); `null` or absent is `None`.
-pub(crate) fn optional_object(
-    map: &Map<String, Value>,
-    names: &[&str],
-) -> Result<Option<Map<String, Value>>> {
-    for name in names {
-        match map.get(*name) {
-            None | Some(Value::Null) => continue,
-            Some(Value::Object(o)) => return Ok(Some(o.clone())),
-            // Dataloop's Json ports sometimes carry the object as a JSON string.
-            Some(Value::String(s)) => {
-                return match serde_json::from_str::<Value>(s) {
-                    Ok(Value::Object(o)) => Ok(Some(o)),
-                    _ => Err(WorkerError::input(*name, "must be a JSON object")),
-                }
-            }
-            Some(other) => {
-                return Err(WorkerError::input(
-                    *name,
-                    format!("must be a JSON object, got {other}"),
-                ))
-            }
-        }
-    }
-    Ok(None)
 }
 
 /// Rejects input names a node does not know, so that typos are not silently ignored.

@@ -8,7 +8,8 @@
 //! A shutdown stops at a step boundary and leaves the model `training`: the run directory
 //! is per model, so the re-queued execution resumes from the last completed epoch.
 
-use super::{local_weights, object, optional_object, reject_unknown};
+use super::input::{json_object, parse, ModelRef};
+use super::local_weights;
 use crate::ctx::{NodeCtx, StopReason};
 use crate::error::{Result, WorkerError};
 use cliptune_store::{
@@ -20,25 +21,25 @@ use cliptune_train::{
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
-#[derive(Debug, Clone)]
+/// *Train*'s inputs.
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct TrainInput {
-    pub model: String,
+    /// The `created` model to train.
+    pub model: ModelRef,
     /// Keys merged (shallowly) over the model's configuration for this run only.
+    #[serde(default, alias = "model_config", deserialize_with = "json_object")]
+    #[schema(value_type = Option<Object>)]
     pub config: Option<Map<String, Value>>,
 }
 
 impl TrainInput {
     pub fn parse(input: &Value) -> Result<Self> {
-        let map = object(input)?;
-        reject_unknown(&map, &["model", "config", "model_config"])?;
-        let config = optional_object(&map, &["config", "model_config"])?;
-        if let Some(c) = &config {
+        let input: Self = parse(input)?;
+        if let Some(c) = &input.config {
             TrainConfig::from_map(c)?;
         }
-        Ok(Self {
-            model: super::model_input(input, "model")?,
-            config,
-        })
+        Ok(input)
     }
 }
 

@@ -1,45 +1,40 @@
 //! *Update Variable*: points a Model variable (by default "Newest CLIP model") at a trained
 //! model, in one atomic platform step that refuses models without stored weights.
 
-use super::{entity_ref, object, reject_unknown, NEWEST_MODEL_VARIABLE};
+use super::input::{non_blank, parse, ModelRef, PipelineRef};
+use super::NEWEST_MODEL_VARIABLE;
 use crate::ctx::NodeCtx;
 use crate::error::{Result, WorkerError};
+use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 
-#[derive(Debug, Clone)]
+/// *Update Variable*'s inputs.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UpdateVariableInput {
-    pub model: String,
+    /// The trained model the variable will point at.
+    pub model: ModelRef,
+    /// The Model variable to update.
+    #[serde(default = "newest", deserialize_with = "variable")]
+    #[schema(default = "Newest CLIP model")]
     pub variable: String,
     /// Pipeline id or name; defaults to the pipeline the execution runs in.
-    pub pipeline: Option<String>,
+    #[serde(default, alias = "pipeline_id")]
+    pub pipeline: Option<PipelineRef>,
+}
+
+fn newest() -> String {
+    NEWEST_MODEL_VARIABLE.to_string()
+}
+
+/// `null` is the default variable too.
+fn variable<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    Ok(non_blank(d)?.unwrap_or_else(newest))
 }
 
 impl UpdateVariableInput {
     pub fn parse(input: &Value) -> Result<Self> {
-        let map = object(input)?;
-        reject_unknown(&map, &["model", "variable", "pipeline", "pipeline_id"])?;
-        let model = map
-            .get("model")
-            .ok_or_else(|| WorkerError::input("model", "missing"))?;
-        let variable = match map.get("variable") {
-            None | Some(Value::Null) => NEWEST_MODEL_VARIABLE.to_string(),
-            Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
-            Some(other) => {
-                return Err(WorkerError::input(
-                    "variable",
-                    format!("must be a variable name, got {other}"),
-                ))
-            }
-        };
-        let pipeline = match map.get("pipeline").or_else(|| map.get("pipeline_id")) {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(entity_ref(v, "pipeline", &["pipeline_id"])?),
-        };
-        Ok(Self {
-            model: entity_ref(model, "model", &["model_id"])?,
-            variable,
-            pipeline,
-        })
+        parse(input)
     }
 }
 
