@@ -1,7 +1,7 @@
 //! Evaluation of a model on a list of pairs: validation loss as a per-pair mean over
 //! fixed-size batches, retrieval recall both ways, caption accuracy.
 
-use crate::codec::Codec;
+use cliptune_prep::Codec;
 use crate::config::Precision;
 use crate::data::Pair;
 use crate::loader::Loader;

@@ -2,7 +2,7 @@
 //! batches (so memory stays `prefetch` batches whatever the dataset size), deterministic
 //! order and augmentation for a seed.
 
-use crate::codec::Codec;
+use cliptune_prep::Codec;
 use crate::data::{BadPair, Pair, Rng};
 use crate::trainer::Stage;
 use crate::{Result, TrainError};
