@@ -18,6 +18,7 @@ pub mod error;
 pub mod executions;
 pub(crate) mod feed;
 pub mod http;
+pub mod infer;
 pub mod metrics;
 pub mod nodes;
 pub mod pipeline;
