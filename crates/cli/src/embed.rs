@@ -64,7 +64,11 @@ pub fn run(ctx: &Ctx, args: EmbedArgs) -> Result<()> {
     for p in &args.images {
         let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
         let name = p.display().to_string();
-        inputs.push(model.image(&bytes, &name).map_err(|e| anyhow::anyhow!("{name}: {e}"))?);
+        inputs.push(
+            model
+                .image(&bytes, &name)
+                .map_err(|e| anyhow::anyhow!("{name}: {e}"))?,
+        );
     }
     let encoder = LocalEncoder::load(model, device, args.precision)
         .with_context(|| format!("loading {}", path.display()))?;

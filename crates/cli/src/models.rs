@@ -346,10 +346,10 @@ pub fn resolve(ctx: &Ctx, model: &str) -> Result<PathBuf> {
     }
     // The worker's cache (its work directory is this home): a model downloaded by a
     // `serve` or an `embed-dataset` is not downloaded again here, nor the other way round.
-    Ok(block_on(cliptune_worker::infer::weights::local(
+    block_on(cliptune_worker::infer::weights::local(
         &store, &ctx.home, None, &m,
     ))
-    .with_context(|| format!("downloading the artifacts of model {}", m.name))?)
+    .with_context(|| format!("downloading the artifacts of model {}", m.name))
 }
 
 #[cfg(test)]

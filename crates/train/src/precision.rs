@@ -2,8 +2,8 @@
 //! the dynamic loss scale fp16 needs. [`Precision`] and [`autocast`] live in cliptune-clip,
 //! which inference shares.
 
-pub use cliptune_clip::precision::{autocast, Precision};
 use crate::{Result, TrainError};
+pub use cliptune_clip::precision::{autocast, Precision};
 use tch::Device;
 
 /// Checks that `precision` can run on `device` (fp16 needs CUDA: CPU fp16 kernels are

@@ -1,7 +1,6 @@
 //! The training run: data checks, baseline evaluation, epochs of contrastive training with
 //! evaluation after each, early stopping, checkpoints, resume, WiSE-FT, and the report.
 
-use cliptune_prep::Codec;
 use crate::config::{Precision, TrainConfig};
 use crate::data::{split, BadPair, Pair, Rng, Source};
 use crate::evaluate::{evaluate, EvalSetup};
@@ -13,6 +12,7 @@ use crate::report::{self, DataSummary, RunReport};
 use crate::state::{self, EpochRecord, State};
 use crate::{loss, Result, TrainError};
 use cliptune_clip::{checkpoint, Clip, LoadOptions, LOGIT_SCALE_MAX};
+use cliptune_prep::Codec;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};

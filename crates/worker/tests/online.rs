@@ -6,8 +6,8 @@ use http_json::get_json;
 
 use base64::Engine;
 use cliptune_clip::{checkpoint, ClipConfig};
-use cliptune_store::Platform;
 use cliptune_prep::Codec;
+use cliptune_store::Platform;
 use serde_json::{json, Value};
 use std::time::Duration;
 

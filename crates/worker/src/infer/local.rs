@@ -1,6 +1,6 @@
 //! In-process inference for the CLI: no server, no device thread.
 
-use super::{encode, merge, split, Input, Prepared, Rows};
+use super::{encode, Input, Prepared, Rows, Split};
 use crate::error::{Result, WorkerError};
 use cliptune_clip::{Clip, Precision};
 
@@ -55,9 +55,13 @@ impl LocalEncoder {
         let mut inputs = inputs.into_iter().peekable();
         while inputs.peek().is_some() {
             let chunk: Vec<Input> = inputs.by_ref().take(BATCH).collect();
-            let (images, texts, order) = split(chunk);
+            let Split {
+                images,
+                texts,
+                is_image,
+            } = Split::of(chunk);
             let (img, txt) = encode(&self.clip, self.precision, images, texts, normalize)?;
-            out.extend(merge(img, txt, &order));
+            out.extend(Split::merge(&is_image, img, txt));
         }
         Ok(out)
     }

@@ -161,36 +161,37 @@ pub async fn read_item(platform: &dyn Platform, item: &Item) -> std::result::Res
     }
 }
 
-/// Splits inputs by tower, remembering each one's place: `(images, texts, order)` where
-/// `order[i]` is `(is_image, index in its tower's list)`.
-pub fn split(inputs: Vec<Input>) -> (Vec<Vec<f32>>, Vec<Vec<i64>>, Vec<(bool, usize)>) {
-    let (mut images, mut texts, mut order) = (Vec::new(), Vec::new(), Vec::new());
-    for input in inputs {
-        match input {
-            Input::Image(px) => {
-                order.push((true, images.len()));
-                images.push(px);
-            }
-            Input::Text(ids) => {
-                order.push((false, texts.len()));
-                texts.push(ids);
-            }
-        }
-    }
-    (images, texts, order)
+/// Inputs split by tower, each tower keeping its inputs' order.
+pub struct Split {
+    pub images: Vec<Vec<f32>>,
+    pub texts: Vec<Vec<i64>>,
+    /// Per input, whether it went to the image tower.
+    pub is_image: Vec<bool>,
 }
 
-/// The vectors of [`split`]'s towers back in input order.
-pub fn merge(img: Rows, txt: Rows, order: &[(bool, usize)]) -> Rows {
-    let (mut img, mut txt): (Vec<Option<Vec<f32>>>, Vec<Option<Vec<f32>>>) = (
-        img.into_iter().map(Some).collect(),
-        txt.into_iter().map(Some).collect(),
-    );
-    order
-        .iter()
-        .map(|&(is_image, i)| {
-            let slot = if is_image { &mut img[i] } else { &mut txt[i] };
-            slot.take().unwrap_or_default()
-        })
-        .collect()
+impl Split {
+    pub fn of(inputs: Vec<Input>) -> Self {
+        let mut split = Self {
+            images: Vec::new(),
+            texts: Vec::new(),
+            is_image: Vec::with_capacity(inputs.len()),
+        };
+        for input in inputs {
+            split.is_image.push(matches!(input, Input::Image(_)));
+            match input {
+                Input::Image(px) => split.images.push(px),
+                Input::Text(ids) => split.texts.push(ids),
+            }
+        }
+        split
+    }
+
+    /// The towers' vectors back in input order.
+    pub fn merge(is_image: &[bool], img: Rows, txt: Rows) -> Rows {
+        let (mut img, mut txt) = (img.into_iter(), txt.into_iter());
+        is_image
+            .iter()
+            .map(|&i| if i { img.next() } else { txt.next() }.unwrap_or_default())
+            .collect()
+    }
 }

@@ -289,7 +289,11 @@ pub async fn run(input: EmbedInput, ctx: &NodeCtx) -> Result<Value> {
         format!("embedding with model {} ({})", model.name, model.id),
     );
     let dir = local_weights(ctx, &model).await?;
-    let (id, name, fast) = (model.id.clone(), model.name.clone(), worker.config.fast_decode);
+    let (id, name, fast) = (
+        model.id.clone(),
+        model.name.clone(),
+        worker.config.fast_decode,
+    );
     let prepared = Arc::new(
         tokio::task::spawn_blocking(move || Prepared::open(id, name, dir, fast))
             .await
@@ -564,8 +568,8 @@ pub async fn embed_online(
             .collect::<Result<Vec<_>>>()?;
         inputs.extend(texts.iter().map(|t| prepared.text(t)));
         // Each tower keeps its inputs' order, which is all the answer needs.
-        let (pixels, ids, _) = infer::split(inputs);
-        Ok::<_, WorkerError>((pixels, ids, prepared))
+        let split = infer::Split::of(inputs);
+        Ok::<_, WorkerError>((split.images, split.texts, prepared))
     })
     .await
     .map_err(|e| WorkerError::Internal(format!("preprocessing: {e}")))??;
