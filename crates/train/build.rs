@@ -1,8 +1,8 @@
 include!("../../tools/link_libtorch.rs");
 
-/// Compiles `src/autocast.cpp`: tch only toggles CUDA autocast at its default dtype (fp16);
-/// bf16 and CPU autocast need `at::autocast::set_autocast_dtype`, which it does not expose.
-fn build_autocast_shim() {
+/// Compiles `src/fused.cpp` (torch's fused AdamW, which tch does not expose). The autocast
+/// shim lives in cliptune-clip, which inference shares.
+fn build_fused_shim() {
     let lib = std::env::var("DEP_TCH_LIBTORCH_LIB").expect("set by torch-sys");
     let root = std::path::Path::new(&lib)
         .parent()
@@ -12,7 +12,6 @@ fn build_autocast_shim() {
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     cc::Build::new()
         .cpp(true)
-        .file("src/autocast.cpp")
         .file("src/fused.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
@@ -20,13 +19,12 @@ fn build_autocast_shim() {
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .warnings(false)
-        .compile("cliptune_autocast");
-    println!("cargo:rerun-if-changed=src/autocast.cpp");
+        .compile("cliptune_fused");
     println!("cargo:rerun-if-changed=src/fused.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
 }
 
 fn main() {
     link_libtorch();
-    build_autocast_shim();
+    build_fused_shim();
 }

@@ -1,16 +1,14 @@
-//! `cliptune embed`: text and image embeddings from any checkpoint `models import` accepts.
+//! `cliptune embed`: text and image embeddings from any checkpoint `models import` accepts,
+//! through the worker's inference path (crate cliptune_worker::infer), so they equal what
+//! the embed node stores and what a query gets at the same precision.
 
 use crate::{models, output, Ctx};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use cliptune_clip::tch::Tensor;
-use cliptune_clip::{checkpoint, parse_device, LoadOptions};
-use cliptune_prep::{Preprocessor, Tokenizer, VOCAB_SIZE};
+use cliptune_clip::{checkpoint, parse_device, LoadOptions, Precision};
+use cliptune_worker::infer::{Input, LocalEncoder, Prepared};
 use serde::Serialize;
 use std::path::PathBuf;
-
-/// Images per forward pass: bounds memory on large inputs.
-const IMAGE_BATCH: usize = 32;
 
 /// Print embeddings of texts and images, in input order (L2-normalised unless --raw).
 ///
@@ -32,6 +30,9 @@ pub struct EmbedArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// fp32 (exact), bf16 (autocast) or fp16 (CUDA only).
+    #[arg(long, default_value = "fp32")]
+    precision: Precision,
 }
 
 #[derive(Serialize)]
@@ -40,47 +41,39 @@ struct Embeddings {
     image: Vec<Vec<f32>>,
 }
 
-fn rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
-    let size = t.size();
-    let dim = *size.last().context("empty feature tensor")? as usize;
-    let flat: Vec<f32> = Vec::try_from(t.contiguous().view([-1]))?;
-    Ok(flat.chunks(dim.max(1)).map(<[f32]>::to_vec).collect())
-}
-
 pub fn run(ctx: &Ctx, args: EmbedArgs) -> Result<()> {
     if args.texts.is_empty() && args.images.is_empty() {
         bail!("nothing to embed: give --text and/or --image");
     }
     let device = parse_device(&args.device)?;
+    if args.precision == Precision::Fp16 && !device.is_cuda() {
+        bail!("--precision fp16 needs a CUDA device; use bf16 or fp32");
+    }
     let path = models::resolve(ctx, &args.model)?;
-    let clip = checkpoint::load(&path, device, &LoadOptions::default())
+    let config = checkpoint::inspect(&path, &LoadOptions::default())
+        .with_context(|| format!("reading {}", path.display()))?
+        .config;
+    let name = path.display().to_string();
+    let (id, dir) = (name.clone(), path.clone());
+    let model = if args.texts.is_empty() {
+        Prepared::images_only(id, name, dir, config, false)?
+    } else {
+        Prepared::new(id, name, dir, config, false)?
+    };
+    let mut inputs: Vec<Input> = args.texts.iter().map(|t| model.text(t)).collect();
+    for p in &args.images {
+        let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        let name = p.display().to_string();
+        inputs.push(
+            model
+                .image(&bytes, &name)
+                .map_err(|e| anyhow::anyhow!("{name}: {e}"))?,
+        );
+    }
+    let encoder = LocalEncoder::load(model, device, args.precision)
         .with_context(|| format!("loading {}", path.display()))?;
-    let config = clip.config().clone();
-    let normalized = !args.raw;
-
-    let mut text = Vec::new();
-    if !args.texts.is_empty() {
-        if config.text.vocab_size < VOCAB_SIZE as i64 {
-            bail!(
-                "{} has a vocabulary of {} tokens; CLIP's tokenizer needs {VOCAB_SIZE}",
-                path.display(),
-                config.text.vocab_size
-            );
-        }
-        let ctx_len = config.text.context_length as usize;
-        let ids = Tokenizer::shared().tokenize_batch(&args.texts, ctx_len);
-        let ids = Tensor::from_slice(&ids).view([args.texts.len() as i64, ctx_len as i64]);
-        text = rows(&clip.text_features(&ids, normalized)?)?;
-    }
-
-    let mut image = Vec::new();
-    let s = config.vision.image_size;
-    let pre = Preprocessor::new(u32::try_from(s).context("image size")?);
-    for chunk in args.images.chunks(IMAGE_BATCH) {
-        let pixels = pre.batch_from_paths(chunk)?;
-        let pixels = Tensor::from_slice(&pixels).view([chunk.len() as i64, 3, s, s]);
-        image.extend(rows(&clip.image_features(&pixels, normalized)?)?);
-    }
+    let mut text = encoder.embed(inputs, !args.raw)?;
+    let image = text.split_off(args.texts.len());
 
     let out = Embeddings { text, image };
     output::print(ctx, &out, |e| {

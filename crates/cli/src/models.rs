@@ -319,7 +319,8 @@ fn scratch_dir(ctx: &Ctx, what: &str) -> Result<PathBuf> {
 }
 
 /// Resolves a model given by checkpoint path, store id or store name. For a store model, its
-/// artifacts are downloaded once into `<home>/cache/models/<id>` and that folder is returned.
+/// artifacts are downloaded once into `<home>/models/<id>` (the worker's weights cache) and
+/// that folder is returned.
 pub fn resolve(ctx: &Ctx, model: &str) -> Result<PathBuf> {
     let path = Path::new(model);
     if path.exists() {
@@ -343,38 +344,12 @@ pub fn resolve(ctx: &Ctx, model: &str) -> Result<PathBuf> {
             m.status.as_str()
         );
     }
-    let models = ctx.home.join("cache").join("models");
-    let cache = models.join(&m.id);
-    // The marker (beside the folder, so it never becomes an artifact itself) lists the
-    // artifacts with their hashes: a model whose artifacts changed is fetched again.
-    let marker_text = serde_json::to_string(&m.artifacts)?;
-    let marker = models.join(format!("{}.artifacts.json", m.id));
-    let fresh =
-        || std::fs::read_to_string(&marker).is_ok_and(|t| t == marker_text) && cache.is_dir();
-    if fresh() {
-        return Ok(cache);
-    }
-    let partial = scratch_dir(ctx, "download")?;
-    block_on(store.download_artifacts(&m.id, &partial))
-        .with_context(|| format!("downloading the artifacts of model {}", m.name))?;
-    std::fs::create_dir_all(&models)?;
-    let _ = std::fs::remove_file(&marker);
-    if cache.exists() {
-        std::fs::remove_dir_all(&cache)
-            .with_context(|| format!("replacing {}", cache.display()))?;
-    }
-    if let Err(e) = std::fs::rename(&partial, &cache) {
-        let _ = std::fs::remove_dir_all(&partial);
-        // Another process may have finished the same download first.
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        if !fresh() {
-            return Err(e).with_context(|| format!("moving the download into {}", cache.display()));
-        }
-        return Ok(cache);
-    }
-    std::fs::write(&marker, &marker_text)
-        .with_context(|| format!("writing {}", marker.display()))?;
-    Ok(cache)
+    // The worker's cache (its work directory is this home): a model downloaded by a
+    // `serve` or an `embed-dataset` is not downloaded again here, nor the other way round.
+    block_on(cliptune_worker::infer::weights::local(
+        &store, &ctx.home, None, &m,
+    ))
+    .with_context(|| format!("downloading the artifacts of model {}", m.name))
 }
 
 #[cfg(test)]
@@ -408,7 +383,7 @@ mod tests {
         let by_name = resolve(&ctx, "tiny").unwrap();
         let by_id = resolve(&ctx, &base.id).unwrap();
         assert_eq!(by_name, by_id);
-        assert_eq!(by_id, ctx.home.join("cache/models").join(&base.id));
+        assert_eq!(by_id, ctx.home.join("models").join(&base.id));
         let loaded = checkpoint::load(&by_id, tch::Device::Cpu, &LoadOptions::default()).unwrap();
         assert_eq!(loaded.config(), clip.config());
         // Cached: a second resolve keeps the same files.

@@ -5,10 +5,11 @@ use crate::datasets::{block_on, open_store};
 use crate::{models, output, Ctx};
 use anyhow::{Context, Result};
 use clap::Args;
-use cliptune_clip::{checkpoint, parse_device, LoadOptions};
+use cliptune_clip::parse_device;
 use cliptune_store::Platform;
-use cliptune_worker::batcher::OnlineModel;
-use cliptune_worker::search::{self, Hit, LocalEncoder};
+use cliptune_worker::infer::{LocalEncoder, Prepared};
+use cliptune_worker::search::{self, Hit};
+use cliptune_worker::WorkerConfig;
 use serde::Serialize;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -47,6 +48,11 @@ pub struct SearchArgs {
     /// Device that embeds the query: cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Precision the query is encoded at: that of the searched vectors, so give the one
+    /// `embed-dataset --precision` used (auto: the same rule, bf16 on CUDA and on CPUs with
+    /// native bf16, else fp32).
+    #[arg(long, default_value = "auto")]
+    precision: String,
 }
 
 #[derive(Serialize)]
@@ -85,6 +91,13 @@ pub fn run(ctx: &Ctx, args: SearchArgs) -> Result<()> {
         None => None,
     };
     let device = parse_device(&args.device)?;
+    // One rule for the worker's --embed-precision and this flag: a query and the vectors
+    // it is compared with go through the same arithmetic.
+    let mut config = WorkerConfig::local(&args.device);
+    config.embed_precision = args.precision.clone();
+    let precision = config
+        .embed_precision(device)
+        .map_err(|e| anyhow::anyhow!(e.replace("--embed-precision", "--precision")))?;
     let store = open_store(ctx)?;
     let (model, dataset, set) = block_on(async {
         let model = store.resolve_model(&args.model).await?;
@@ -95,11 +108,9 @@ pub fn run(ctx: &Ctx, args: SearchArgs) -> Result<()> {
 
     let t_load = Instant::now();
     let dir = models::resolve(ctx, &model.id)?;
-    let config = checkpoint::inspect(&dir, &LoadOptions::default())
-        .with_context(|| format!("reading the model in {}", dir.display()))?
-        .config;
-    let prepared = OnlineModel::new(model.id.clone(), model.name.clone(), dir, config)?;
-    let encoder = LocalEncoder::load(prepared, device)?;
+    let prepared = Prepared::open(model.id.clone(), model.name.clone(), dir, false)
+        .context("reading the model")?;
+    let encoder = LocalEncoder::load(prepared, device, precision)?;
     let load_ms = search::ms_since(t_load);
 
     let t_embed = Instant::now();

@@ -80,9 +80,9 @@ pub struct EvalArgs {
     /// Batch size of the validation loss (fixed, so the loss is comparable across runs).
     #[arg(long, default_value_t = 256)]
     eval_batch_size: usize,
-    /// fp32, or bf16 autocast.
-    #[arg(long, default_value = "fp32", value_parser = ["fp32", "bf16", "fp16"])]
-    precision: String,
+    /// fp32, bf16 autocast, or fp16 autocast (CUDA only).
+    #[arg(long, default_value = "fp32")]
+    precision: cliptune_train::Precision,
     /// Fail when more than this share of pairs is unusable.
     #[arg(long, default_value_t = 0.05)]
     max_bad_fraction: f64,
@@ -258,11 +258,7 @@ pub fn eval(ctx: &Ctx, args: EvalArgs) -> Result<()> {
     let path = models::resolve(ctx, &args.model)?;
     let device = parse_device(&args.device)?;
     set_threads(args.threads);
-    let precision = match args.precision.as_str() {
-        "bf16" => cliptune_train::Precision::Bf16,
-        "fp16" => cliptune_train::Precision::Fp16,
-        _ => cliptune_train::Precision::Fp32,
-    };
+    let precision = args.precision;
     if args.eval_batch_size < 2 {
         bail!("--eval-batch-size must be at least 2");
     }

@@ -11,6 +11,7 @@
 //! See docs/preprocessing.md for the exact rules and what is (not) reproduced.
 
 pub mod clean;
+mod codec;
 mod decode;
 mod error;
 mod jpeg;
@@ -20,6 +21,7 @@ mod resample;
 mod tables;
 pub mod tokenizer;
 
+pub use codec::Codec;
 pub use error::{PrepError, Result};
 pub use jpeg::scale_denom as jpeg_scale_denom;
 pub use preprocess::{Preprocessor, DEFAULT_MAX_PIXELS, MEAN, STD};

@@ -21,12 +21,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let steps: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(300);
     let peak_tflops: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(0.0);
-    let precision = match args.get(3).map(String::as_str).unwrap_or("bf16") {
-        "bf16" => Precision::Bf16,
-        "fp16" => Precision::Fp16,
-        "fp32" => Precision::Fp32,
-        other => {
-            eprintln!("precision {other:?}: expected bf16, fp16 or fp32");
+    let precision: Precision = match args.get(3).map_or("bf16", String::as_str).parse() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("precision {e}");
             std::process::exit(2);
         }
     };

@@ -17,16 +17,8 @@ pub enum LrSchedule {
     Constant,
 }
 
-/// Compute precision. Master weights and optimizer state are always f32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Precision {
-    Fp32,
-    /// Autocast to bfloat16 (CUDA, or CPU).
-    Bf16,
-    /// Autocast to float16 with dynamic loss scaling (CUDA only).
-    Fp16,
-}
+/// Compute precision: defined in cliptune-clip (inference shares it), parsed by one table.
+pub use cliptune_clip::Precision;
 
 /// Every key a training config understands. See `docs/training.md` for the meaning of each.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -283,17 +275,9 @@ impl TrainConfig {
             };
         }
         if let Some(v) = get("precision") {
-            c.precision = match string(v, "precision")?.to_ascii_lowercase().as_str() {
-                "fp32" | "float32" => Precision::Fp32,
-                "bf16" | "bfloat16" | "amp_bf16" => Precision::Bf16,
-                "fp16" | "float16" | "amp" => Precision::Fp16,
-                other => {
-                    return Err(TrainError::config(
-                        "precision",
-                        format!("must be \"fp32\", \"bf16\" or \"fp16\", got {other:?}"),
-                    ))
-                }
-            };
+            c.precision = string(v, "precision")?
+                .parse()
+                .map_err(|e: String| TrainError::config("precision", e))?;
         }
         if let Some(v) = get("grad_accumulation") {
             c.grad_accumulation = int_at_least(v, "grad_accumulation", 1)? as usize;

@@ -1,7 +1,6 @@
 //! Evaluation of a model on a list of pairs: validation loss as a per-pair mean over
 //! fixed-size batches, retrieval recall both ways, caption accuracy.
 
-use crate::codec::Codec;
 use crate::config::Precision;
 use crate::data::Pair;
 use crate::loader::Loader;
@@ -9,6 +8,7 @@ use crate::metrics::{retrieval, Metrics};
 use crate::precision::autocast;
 use crate::{loss, Result, TrainError};
 use cliptune_clip::{normalize, Clip};
+use cliptune_prep::Codec;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tch::{Kind, Tensor};

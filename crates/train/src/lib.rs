@@ -6,7 +6,6 @@
 //! and [`trainer::evaluate_pairs`]. Data comes as [`data::Pair`]s from a folder
 //! ([`data::read_folder`]) or from any caller (a platform dataset).
 
-pub mod codec;
 pub mod config;
 pub mod data;
 mod error;

@@ -2,10 +2,10 @@
 //! batches (so memory stays `prefetch` batches whatever the dataset size), deterministic
 //! order and augmentation for a seed.
 
-use crate::codec::Codec;
 use crate::data::{BadPair, Pair, Rng};
 use crate::trainer::Stage;
 use crate::{Result, TrainError};
+use cliptune_prep::Codec;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};

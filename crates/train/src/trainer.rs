@@ -1,7 +1,6 @@
 //! The training run: data checks, baseline evaluation, epochs of contrastive training with
 //! evaluation after each, early stopping, checkpoints, resume, WiSE-FT, and the report.
 
-use crate::codec::Codec;
 use crate::config::{Precision, TrainConfig};
 use crate::data::{split, BadPair, Pair, Rng, Source};
 use crate::evaluate::{evaluate, EvalSetup};
@@ -13,6 +12,7 @@ use crate::report::{self, DataSummary, RunReport};
 use crate::state::{self, EpochRecord, State};
 use crate::{loss, Result, TrainError};
 use cliptune_clip::{checkpoint, Clip, LoadOptions, LOGIT_SCALE_MAX};
+use cliptune_prep::Codec;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -277,7 +277,10 @@ pub fn run(job: Job, observer: &mut dyn FnMut(Event<'_>), cancel: &AtomicBool) -
     };
     observer(Event::Progress(&progress));
 
-    let codec = Arc::new(Codec::new(&base_config)?);
+    let codec = Arc::new(Codec::new(
+        base_config.vision.image_size as u32,
+        base_config.text.context_length as usize,
+    ));
     let pool = thread_pool(job.decode_threads)?;
     let checked = check_data(&job.source, &cfg, &codec, &pool)?;
     let mut warnings = job.warnings.clone();
@@ -699,7 +702,11 @@ pub fn evaluate_pairs(
     decode_threads: usize,
 ) -> Result<(Metrics, Vec<BadPair>, usize)> {
     precision::check(precision_, clip.device())?;
-    let codec = Arc::new(Codec::new(clip.config())?);
+    let c = clip.config();
+    let codec = Arc::new(Codec::new(
+        c.vision.image_size as u32,
+        c.text.context_length as usize,
+    ));
     let pool = thread_pool(decode_threads)?;
     let pairs: Vec<Pair> = source
         .pairs

@@ -11,14 +11,10 @@
 //! Admission is bounded ([`Batcher::admit`]): past `max_inflight` requests a new one fails
 //! at once (HTTP 429) rather than waiting in a queue that only grows.
 
-use crate::device::{DeviceCtx, DeviceHandle};
+use crate::device::DeviceHandle;
 use crate::error::{Result, WorkerError};
-use cliptune_clip::{Clip, ClipConfig};
-use cliptune_train::codec::Codec;
-use cliptune_train::precision::autocast;
-use cliptune_train::Precision;
+use crate::infer::{encode, Input, Precision, Prepared};
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -58,76 +54,6 @@ impl OnlineConfig {
     }
 }
 
-/// A model ready for online inference: its local checkpoint and what preprocessing needs.
-pub struct OnlineModel {
-    pub id: String,
-    pub name: String,
-    /// Native checkpoint directory (the device thread caches the loaded model by this path).
-    pub dir: PathBuf,
-    pub config: ClipConfig,
-    codec: Codec,
-}
-
-impl OnlineModel {
-    pub fn new(id: String, name: String, dir: PathBuf, config: ClipConfig) -> Result<Self> {
-        if (config.text.vocab_size as usize) < cliptune_prep::VOCAB_SIZE {
-            return Err(WorkerError::input(
-                "model",
-                format!(
-                    "the text vocabulary of model {name} ({}) is smaller than the CLIP tokenizer's ({})",
-                    config.text.vocab_size,
-                    cliptune_prep::VOCAB_SIZE
-                ),
-            ));
-        }
-        let codec = Codec::new(&config)?;
-        Ok(Self {
-            id,
-            name,
-            dir,
-            config,
-            codec,
-        })
-    }
-
-    /// A text as the model's input: tokenized, cut to the context length, without padding.
-    pub fn text(&self, text: &str) -> Input {
-        let mut ids = self.codec.tokens(text);
-        // Padding is 0 and the last real token is EOT (non-zero), so this keeps every real token.
-        while ids.len() > 1 && ids.last() == Some(&0) {
-            ids.pop();
-        }
-        Input::Text(ids)
-    }
-
-    /// An image file's bytes as the model's input, or why they are not a usable image.
-    pub fn image(&self, bytes: &[u8], name: &str) -> std::result::Result<Input, String> {
-        self.codec.image(bytes, name).map(Input::Image)
-    }
-
-    fn patches(&self) -> usize {
-        let g = self.config.grid().max(1) as usize;
-        g * g
-    }
-}
-
-/// One input of a request.
-pub enum Input {
-    /// Token ids from SOT to EOT (no padding).
-    Text(Vec<i64>),
-    /// `[3, S, S]` normalized pixels.
-    Image(Vec<f32>),
-}
-
-impl Input {
-    fn cost(&self, model: &OnlineModel) -> usize {
-        match self {
-            Input::Text(ids) => ids.len().max(1),
-            Input::Image(_) => model.patches(),
-        }
-    }
-}
-
 /// Where a request's time went.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Timing {
@@ -149,7 +75,7 @@ pub struct Permit {
 }
 
 struct Job {
-    model: Arc<OnlineModel>,
+    model: Arc<Prepared>,
     inputs: Vec<Option<Input>>,
     next: usize,
     out: Vec<Vec<f32>>,
@@ -222,7 +148,7 @@ impl Batcher {
     pub async fn embed(
         &self,
         permit: &Permit,
-        model: Arc<OnlineModel>,
+        model: Arc<Prepared>,
         inputs: Vec<Input>,
     ) -> Result<(Vec<Vec<f32>>, Timing)> {
         if inputs.is_empty() {
@@ -296,7 +222,7 @@ async fn batch_loop(
                 continue;
             }
             while job.next < job.inputs.len() {
-                let c = job.inputs[job.next].as_ref().map_or(1, |i| i.cost(&model));
+                let c = job.inputs[job.next].as_ref().map_or(1, |i| model.cost(i));
                 // The first input always goes in, so an input larger than the budget still runs.
                 if cost > 0 && cost + c > budget {
                     break 'fill;
@@ -324,8 +250,8 @@ async fn batch_loop(
         let m = model.clone();
         let result = device
             .run(move |dev| {
-                let clip = dev_model(dev, &m)?;
-                forward(&clip, &m.config, precision, images, texts)
+                let clip = dev.model(&m.dir)?;
+                encode(&clip, precision, images, texts, true)
             })
             .await
             .and_then(|r| r);
@@ -379,69 +305,4 @@ fn same_error(e: &WorkerError) -> WorkerError {
         "unavailable" => WorkerError::Unavailable(e.to_string()),
         _ => WorkerError::Internal(e.to_string()),
     }
-}
-
-fn dev_model(dev: &mut DeviceCtx, model: &OnlineModel) -> Result<std::rc::Rc<Clip>> {
-    dev.model(&model.dir)
-}
-
-/// Vectors, one per input.
-pub type Rows = Vec<Vec<f32>>;
-
-/// L2-normalized features of a batch: images through the image tower, texts through the
-/// text tower. Texts are padded only to the longest text of the batch: the causal mask
-/// means a text's features do not depend on padding after its EOT, and short queries cost
-/// a fraction of a full 77-token row.
-///
-/// Under bf16/fp16 autocast the weights stay f32 and the matrix products run in the lower
-/// precision; the vectors are normalized in f32 outside the autocast region.
-pub fn forward(
-    clip: &Clip,
-    config: &ClipConfig,
-    precision: Precision,
-    images: Vec<Vec<f32>>,
-    texts: Vec<Vec<i64>>,
-) -> Result<(Rows, Rows)> {
-    let dim = config.embed_dim as usize;
-    let device = clip.device();
-    let run = |f: &dyn Fn() -> cliptune_clip::Result<tch::Tensor>| -> Result<tch::Tensor> {
-        let t = autocast(precision, device, f)?;
-        Ok(cliptune_clip::normalize(&t.to_kind(tch::Kind::Float)))
-    };
-    let rows = |t: tch::Tensor| -> Result<Vec<Vec<f32>>> {
-        let flat = Vec::<f32>::try_from(t.to_device(tch::Device::Cpu).contiguous().flatten(0, -1))
-            .map_err(|e| WorkerError::Internal(format!("reading features: {e}")))?;
-        Ok(flat.chunks(dim).map(<[f32]>::to_vec).collect())
-    };
-    let img = if images.is_empty() {
-        Vec::new()
-    } else {
-        let s = config.vision.image_size;
-        let n = images.len() as i64;
-        let flat: Vec<f32> = images.concat();
-        let mut pixels = tch::Tensor::from_slice(&flat).view([n, 3, s, s]);
-        if device.is_cuda() {
-            // From page-locked memory the copy to the GPU is one DMA, not a staging copy
-            // through a pinned bounce buffer (cf. PyTorch's DataLoader pin_memory). Where
-            // pinning fails the model copies from pageable memory as before.
-            if let Ok(pinned) = pixels.f_pin_memory(device) {
-                pixels = pinned.to_device_(device, tch::Kind::Float, true, false);
-            }
-        }
-        rows(run(&|| clip.image_features(&pixels, false))?)?
-    };
-    let txt = if texts.is_empty() {
-        Vec::new()
-    } else {
-        let ctx = config.text.context_length as usize;
-        let len = texts.iter().map(Vec::len).max().unwrap_or(1).clamp(1, ctx);
-        let mut flat = vec![0i64; texts.len() * len];
-        for (row, ids) in flat.chunks_mut(len).zip(&texts) {
-            let n = ids.len().min(len);
-            row[..n].copy_from_slice(&ids[..n]);
-        }
-        let ids = tch::Tensor::from_slice(&flat).view([texts.len() as i64, len as i64]);
-        rows(run(&|| clip.text_features(&ids, false))?)?
-    };
-    Ok((img, txt))
 }

@@ -135,19 +135,25 @@ impl WorkerConfig {
     pub fn embed_precision(
         &self,
         device: tch::Device,
-    ) -> std::result::Result<cliptune_train::Precision, String> {
-        use cliptune_train::Precision;
+    ) -> std::result::Result<cliptune_clip::Precision, String> {
+        use cliptune_clip::Precision;
+        let bad = || {
+            format!(
+                "--embed-precision {:?}: expected auto, fp32, bf16 or fp16",
+                self.embed_precision
+            )
+        };
         match self.embed_precision.as_str() {
             "auto" if device.is_cuda() || cliptune_clip::cpu_has_native_bf16() => {
                 Ok(Precision::Bf16)
             }
-            "auto" | "fp32" => Ok(Precision::Fp32),
-            "bf16" => Ok(Precision::Bf16),
-            "fp16" if device.is_cuda() => Ok(Precision::Fp16),
-            "fp16" => Err("--embed-precision fp16 needs a CUDA device; use bf16 or fp32".into()),
-            other => Err(format!(
-                "--embed-precision {other:?}: expected auto, fp32, bf16 or fp16"
-            )),
+            "auto" => Ok(Precision::Fp32),
+            other => match other.parse::<Precision>().map_err(|_| bad())? {
+                Precision::Fp16 if !device.is_cuda() => {
+                    Err("--embed-precision fp16 needs a CUDA device; use bf16 or fp32".into())
+                }
+                p => Ok(p),
+            },
         }
     }
 

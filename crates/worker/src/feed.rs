@@ -15,9 +15,9 @@
 //! each exactly once: an item is read by one read task and decoded by one thread.
 
 use crate::error::{Result, WorkerError};
-use crate::nodes::embed::{read_input, Input, Pages, RawInput};
+use crate::infer::{read_item, Input, Prepared, Raw};
+use crate::nodes::embed::Pages;
 use cliptune_store::{Item, Platform};
-use cliptune_train::codec::Codec;
 use cliptune_train::feed::{Decoders, Meter};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
@@ -67,7 +67,7 @@ impl Feed {
     /// whose existing vectors are skipped.
     pub fn start(
         platform: Arc<dyn Platform>,
-        codec: Arc<Codec>,
+        model: Arc<Prepared>,
         pages: Pages,
         set_id: String,
         batch_size: usize,
@@ -75,7 +75,7 @@ impl Feed {
     ) -> Result<Self> {
         let threads = threads.max(1);
         let (raw_tx, raw_rx) =
-            mpsc::channel::<(Item, std::result::Result<RawInput, String>)>(2 * threads);
+            mpsc::channel::<(Item, std::result::Result<Raw, String>)>(2 * threads);
         let (decoded_tx, decoded) = mpsc::channel::<Decoded>(DECODED_BATCHES * batch_size.max(1));
         let (note_tx, notes) = mpsc::unbounded_channel();
         let read = Arc::new(Mutex::new((0.0, 0)));
@@ -93,7 +93,7 @@ impl Feed {
             // One thread waits inside the lock, the others for the lock: each raw item goes
             // to exactly one thread.
             move || raw_rx.lock().ok()?.blocking_recv(),
-            move |(item, raw)| decode(&codec, item, raw),
+            move |(item, raw)| decode(&model, item, raw),
             move |d| decoded_tx.blocking_send(d).is_ok(),
         )
         .map_err(|e| WorkerError::Internal(format!("starting decode threads: {e}")))?;
@@ -141,7 +141,7 @@ async fn read_all(
     platform: Arc<dyn Platform>,
     mut pages: Pages,
     set_id: String,
-    raw: mpsc::Sender<(Item, std::result::Result<RawInput, String>)>,
+    raw: mpsc::Sender<(Item, std::result::Result<Raw, String>)>,
     notes: mpsc::UnboundedSender<Note>,
     meter: Arc<Mutex<(f64, usize)>>,
 ) {
@@ -171,7 +171,7 @@ async fn read_all(
                 }
                 let platform = platform.clone();
                 reads.spawn(async move {
-                    let r = read_input(&*platform, &item).await;
+                    let r = read_item(&*platform, &item).await;
                     (item, r)
                 });
             }
@@ -199,8 +199,8 @@ async fn read_all(
 /// Hands one finished read to the decode threads, adding the wait for room to `waited`;
 /// false once they are gone.
 async fn forward(
-    raw: &mpsc::Sender<(Item, std::result::Result<RawInput, String>)>,
-    done: (Item, std::result::Result<RawInput, String>),
+    raw: &mpsc::Sender<(Item, std::result::Result<Raw, String>)>,
+    done: (Item, std::result::Result<Raw, String>),
     waited: &mut Duration,
 ) -> bool {
     let t = Instant::now();
@@ -216,12 +216,8 @@ fn count(meter: &Mutex<(f64, usize)>, started: Instant, waited: Duration) {
     m.1 += 1;
 }
 
-fn decode(codec: &Codec, item: Item, raw: std::result::Result<RawInput, String>) -> Decoded {
-    let input = raw.and_then(|raw| match raw {
-        RawInput::Image(bytes) => codec.image(&bytes, &item.filename).map(Input::Image),
-        RawInput::Text(text) => Ok(Input::Text(codec.tokens(&text))),
-    });
-    match input {
+fn decode(model: &Prepared, item: Item, raw: std::result::Result<Raw, String>) -> Decoded {
+    match raw.and_then(|raw| model.input(raw, &item.filename)) {
         Ok(input) => Decoded::Ready(Box::new(item), input),
         Err(reason) => Decoded::Failed(json!({"item_id": item.id, "reason": reason})),
     }

@@ -20,6 +20,7 @@ pub mod executions;
 pub(crate) mod feed;
 pub mod function;
 pub mod http;
+pub mod infer;
 pub mod metrics;
 pub mod nodes;
 pub mod pipeline;

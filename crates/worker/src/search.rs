@@ -1,13 +1,10 @@
 //! Semantic search: top-k items of a model's feature set by cosine with a query vector,
 //! with what a person needs to see them (name, caption, image). Shared by `POST /search`
 //! (query embedded by the online batcher) and `cliptune search` (query embedded in-process
-//! with [`LocalEncoder`]).
+//! with [`crate::infer::LocalEncoder`]); both encode through [`crate::infer`].
 
-use crate::batcher::{forward, Input, OnlineModel};
 use crate::error::{Result, WorkerError};
-use cliptune_clip::Clip;
 use cliptune_store::{FeatureSet, ItemKind, Model, NearestQuery, Platform, StoreError};
-use cliptune_train::Precision;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::time::Instant;
@@ -122,53 +119,6 @@ pub async fn nearest(
         hits.push(hit);
     }
     Ok(hits)
-}
-
-/// Embeds queries in the calling thread with a loaded model (the CLI: no server, no device
-/// thread).
-pub struct LocalEncoder {
-    clip: Clip,
-    model: OnlineModel,
-}
-
-impl LocalEncoder {
-    pub fn load(model: OnlineModel, device: tch::Device) -> Result<Self> {
-        let clip = cliptune_clip::checkpoint::load(&model.dir, device, &Default::default())?;
-        Ok(Self { clip, model })
-    }
-
-    pub fn model(&self) -> &OnlineModel {
-        &self.model
-    }
-
-    pub fn text(&self, text: &str) -> Result<Vec<f32>> {
-        self.one(self.model.text(text))
-    }
-
-    pub fn image(&self, bytes: &[u8], name: &str) -> Result<Vec<f32>> {
-        let input = self
-            .model
-            .image(bytes, name)
-            .map_err(|e| WorkerError::input("image", format!("{name}: {e}")))?;
-        self.one(input)
-    }
-
-    fn one(&self, input: Input) -> Result<Vec<f32>> {
-        let (images, texts) = match input {
-            Input::Image(px) => (vec![px], vec![]),
-            Input::Text(ids) => (vec![], vec![ids]),
-        };
-        let (mut img, mut txt) = forward(
-            &self.clip,
-            &self.model.config,
-            Precision::Fp32,
-            images,
-            texts,
-        )?;
-        img.pop()
-            .or_else(|| txt.pop())
-            .ok_or_else(|| WorkerError::Internal("the model returned no vector".into()))
-    }
 }
 
 /// Milliseconds since `t`, for timing fields.

@@ -6,8 +6,8 @@ use http_json::get_json;
 
 use base64::Engine;
 use cliptune_clip::{checkpoint, ClipConfig};
+use cliptune_prep::Codec;
 use cliptune_store::Platform;
-use cliptune_train::codec::Codec;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -46,7 +46,10 @@ impl Reference {
         let clip = checkpoint::load(dir, tch::Device::Cpu, &Default::default()).unwrap();
         let config = clip.config().clone();
         Self {
-            codec: Codec::new(&config).unwrap(),
+            codec: Codec::new(
+                config.vision.image_size as u32,
+                config.text.context_length as usize,
+            ),
             clip,
             config,
         }

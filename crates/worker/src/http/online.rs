@@ -9,17 +9,19 @@
 
 use super::api::{OnlineEmbedRequest, OnlineEmbedResponse};
 use super::JsonBody;
-use crate::batcher::{Batcher, Input, OnlineConfig, OnlineModel, Permit, Timing};
+use crate::batcher::{Batcher, OnlineConfig, Permit, Timing};
 use crate::error::{ErrorBody, Result, WorkerError};
 use crate::executions::Worker;
-use crate::nodes::embed::{model_dir, resolve_model};
+use crate::infer::{read_item, Input, Prepared, Raw};
+use crate::nodes::embed::resolve_model;
+use crate::nodes::local_weights_for;
 use crate::search::{self, Hit};
 use axum::extract::{Extension, Path};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
-use cliptune_store::{ItemKind, Model, Platform, StoreError};
+use cliptune_store::{Model, Platform, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -35,7 +37,7 @@ pub struct Online {
     pub batcher: Batcher,
     /// Model id -> (its artifacts as JSON, the prepared model): a retrained model (new
     /// artifacts) is prepared again.
-    models: tokio::sync::Mutex<HashMap<String, (String, Arc<OnlineModel>)>>,
+    models: tokio::sync::Mutex<HashMap<String, (String, Arc<Prepared>)>>,
 }
 
 impl Online {
@@ -66,27 +68,26 @@ impl Online {
         &self,
         model: Option<&str>,
         pipeline: Option<&str>,
-    ) -> Result<Arc<OnlineModel>> {
+    ) -> Result<Arc<Prepared>> {
         let m = resolve_model(self.platform(), model, pipeline, None).await?;
         self.prepare(&m).await
     }
 
-    async fn prepare(&self, m: &Model) -> Result<Arc<OnlineModel>> {
+    async fn prepare(&self, m: &Model) -> Result<Arc<Prepared>> {
         let marker = serde_json::to_string(&m.artifacts).unwrap_or_default();
         if let Some((seen, prepared)) = self.models.lock().await.get(&m.id) {
             if *seen == marker {
                 return Ok(prepared.clone());
             }
         }
-        let dir = model_dir(&self.worker, m).await?;
-        let d = dir.clone();
-        let config = tokio::task::spawn_blocking(move || {
-            cliptune_clip::checkpoint::inspect(&d, &Default::default())
-        })
-        .await
-        .map_err(|e| WorkerError::Internal(format!("reading the model config: {e}")))??
-        .config;
-        let prepared = Arc::new(OnlineModel::new(m.id.clone(), m.name.clone(), dir, config)?);
+        let dir = local_weights_for(&self.worker, m).await?;
+        let (id, name) = (m.id.clone(), m.name.clone());
+        // Queries always decode exactly (no --fast-decode).
+        let prepared = Arc::new(
+            tokio::task::spawn_blocking(move || Prepared::open(id, name, dir, false))
+                .await
+                .map_err(|e| WorkerError::Internal(format!("reading the model config: {e}")))??,
+        );
         self.models
             .lock()
             .await
@@ -98,7 +99,7 @@ impl Online {
     async fn run(
         &self,
         permit: &Permit,
-        model: &Arc<OnlineModel>,
+        model: &Arc<Prepared>,
         inputs: Vec<Input>,
     ) -> Result<(Vec<Vec<f32>>, Timing)> {
         self.batcher.embed(permit, model.clone(), inputs).await
@@ -127,7 +128,7 @@ fn decode_images(images: &[String], field: &str) -> Result<Vec<Vec<u8>>> {
 
 /// Preprocesses on the blocking pool (decoding and resizing are CPU work), in order.
 async fn preprocess(
-    model: &Arc<OnlineModel>,
+    model: &Arc<Prepared>,
     texts: Vec<String>,
     images: Vec<(String, Vec<u8>)>,
 ) -> Result<(Vec<Input>, Vec<Input>)> {
@@ -147,37 +148,6 @@ async fn preprocess(
     })
     .await
     .map_err(|e| WorkerError::Internal(format!("preprocessing: {e}")))?
-}
-
-/// An item's own input: its image, or for text and prompt items their caption's text.
-async fn item_input(
-    platform: &dyn Platform,
-    item: &cliptune_store::Item,
-) -> std::result::Result<ItemContent, String> {
-    match item.kind() {
-        ItemKind::Image => platform
-            .item_bytes(&item.id)
-            .await
-            .map(ItemContent::Image)
-            .map_err(|e| e.to_string()),
-        ItemKind::Text | ItemKind::Prompt => platform
-            .caption(item)
-            .await
-            .map_err(|e| e.to_string())?
-            .caption
-            .filter(|c| !c.trim().is_empty())
-            .map(ItemContent::Text)
-            .ok_or_else(|| "no text to embed".into()),
-        ItemKind::Other => Err(format!(
-            "cannot embed mimetype {}",
-            item.mimetype().unwrap_or("unknown")
-        )),
-    }
-}
-
-enum ItemContent {
-    Image(Vec<u8>),
-    Text(String),
 }
 
 fn ms(d: std::time::Duration) -> f64 {
@@ -267,12 +237,12 @@ pub async fn embed(online: &Online, request: OnlineEmbedRequest) -> Result<Respo
             }
         }
         item_vectors.push(None);
-        match item_input(platform, &item).await {
-            Ok(ItemContent::Text(t)) => {
+        match read_item(platform, &item).await {
+            Ok(Raw::Text(t)) => {
                 item_slots.push((i, true, item_texts.len()));
                 item_texts.push(t);
             }
-            Ok(ItemContent::Image(b)) => {
+            Ok(Raw::Image(b)) => {
                 item_slots.push((i, false, item_images.len()));
                 item_images.push((field, b));
             }

@@ -6,23 +6,19 @@
 //! have a vector in the set are skipped, so a rerun (or a re-queued execution) only embeds
 //! what is missing and never duplicates; unreadable items are reported, not fatal.
 //!
-//! The online form of `POST /embed` (texts and images in the request) is served by
-//! [`embed_online`], outside the execution queue.
+//! The online form of `POST /embed` (texts and images in the request) is served by the
+//! batcher (crate::http::online), outside the execution queue. Both read and encode through
+//! [`crate::infer`], so an item's stored vector and the same content sent as a query match.
 
 use super::input::{parse, DatasetRef, ItemRef, ModelRef, PipelineRef};
 use super::{entity_ref, local_weights, local_weights_for, NEWEST_MODEL_VARIABLE};
-use crate::batcher::{forward, Rows};
 use crate::ctx::{Env, NodeCtx};
-use crate::device::DeviceCtx;
 use crate::error::{Result, WorkerError};
 use crate::feed::{Decoded, Feed, Note};
-use cliptune_clip::{checkpoint, ClipConfig, LoadOptions};
-use cliptune_store::{ExecutionPipeline, Item, ItemKind, ItemQuery, Model, NewVector, Platform};
-use cliptune_train::codec::Codec;
-use cliptune_train::Precision;
+use crate::infer::{self, Input, Prepared};
+use cliptune_store::{ExecutionPipeline, Item, ItemQuery, Model, NewVector, Platform};
 use serde_json::{json, Value};
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Debug, Clone)]
@@ -157,34 +153,6 @@ pub async fn resolve_model(
     Ok(platform.resolve_model(&id).await?)
 }
 
-/// A loaded model's facts needed off the device thread.
-struct Prepared {
-    dir: PathBuf,
-    config: ClipConfig,
-    codec: Arc<Codec>,
-}
-
-/// `fast_decode`: the dataset node's `--fast-decode`; online queries always decode exactly.
-async fn prepare(dir: PathBuf, fast_decode: bool) -> Result<Prepared> {
-    let config = checkpoint::inspect(&dir, &LoadOptions::default())?.config;
-    if (config.text.vocab_size as usize) < cliptune_prep::VOCAB_SIZE {
-        return Err(WorkerError::input(
-            "model",
-            format!(
-                "the model's text vocabulary ({}) is smaller than the CLIP tokenizer's ({})",
-                config.text.vocab_size,
-                cliptune_prep::VOCAB_SIZE
-            ),
-        ));
-    }
-    let codec = Arc::new(
-        Codec::new(&config)
-            .map_err(WorkerError::from)?
-            .with_fast_decode(fast_decode),
-    );
-    Ok(Prepared { dir, config, codec })
-}
-
 /// Where a dataset embedding's time goes, stage by stage: reading (item pages and item
 /// bytes, downloads on a remote platform), decoding (decode + resize + tokenize, on the
 /// decode threads), the device, writing vectors. The stages run at once (crate::feed), so
@@ -288,12 +256,6 @@ impl Stages {
     }
 }
 
-/// One item's model input.
-pub(crate) enum Input {
-    Image(Vec<f32>),
-    Text(Vec<i64>),
-}
-
 /// Vectors computed and waiting to be written, in batches: writing batch n overlaps the
 /// forward pass of batch n+1.
 const WRITE_AHEAD: usize = 2;
@@ -313,7 +275,16 @@ pub async fn run(input: EmbedInput, ctx: &NodeCtx) -> Result<Value> {
         format!("embedding with model {} ({})", model.name, model.id),
     );
     let dir = local_weights(ctx, &model).await?;
-    let prepared = Arc::new(prepare(dir, worker.config.fast_decode).await?);
+    let (id, name, fast) = (
+        model.id.clone(),
+        model.name.clone(),
+        worker.config.fast_decode,
+    );
+    let prepared = Arc::new(
+        tokio::task::spawn_blocking(move || Prepared::open(id, name, dir, fast))
+            .await
+            .map_err(|e| WorkerError::Internal(format!("reading the model config: {e}")))??,
+    );
     let set = platform
         .feature_set_for_model(&model.id, &model.name, prepared.config.embed_dim as u32)
         .await?;
@@ -321,7 +292,7 @@ pub async fn run(input: EmbedInput, ctx: &NodeCtx) -> Result<Value> {
     let pages = Pages::open(&platform, input.target.clone(), batch_size).await?;
     let mut feed = Feed::start(
         platform.clone(),
-        prepared.codec.clone(),
+        prepared.clone(),
         pages,
         set.id.clone(),
         batch_size,
@@ -382,7 +353,10 @@ pub async fn run(input: EmbedInput, ctx: &NodeCtx) -> Result<Value> {
             let on_device = std::time::Instant::now();
             let (img, txt) = worker
                 .device
-                .run(move |dev| features(dev, &p.dir, &p.config, precision, pixels, ids))
+                .run(move |dev| {
+                    let clip = dev.model(&p.dir)?;
+                    infer::encode(&clip, precision, pixels, ids, true)
+                })
                 .await??;
             device.add(on_device, inputs);
             let vectors: Vec<NewVector> = image_items
@@ -555,87 +529,43 @@ impl Pages {
     }
 }
 
-pub(crate) enum RawInput {
-    Image(Vec<u8>),
-    Text(String),
-}
-
-/// What an item contributes to embedding, read through the platform.
-pub(crate) async fn read_input(
-    platform: &dyn Platform,
-    item: &Item,
-) -> std::result::Result<RawInput, String> {
-    match item.kind() {
-        ItemKind::Image => platform
-            .item_bytes(&item.id)
-            .await
-            .map(RawInput::Image)
-            .map_err(|e| e.to_string()),
-        ItemKind::Text | ItemKind::Prompt => {
-            let resolved = platform.caption(item).await.map_err(|e| e.to_string())?;
-            resolved
-                .caption
-                .filter(|c| !c.trim().is_empty())
-                .map(RawInput::Text)
-                .ok_or_else(|| "no text to embed".to_string())
-        }
-        ItemKind::Other => Err(format!(
-            "cannot embed mimetype {}",
-            item.mimetype().unwrap_or("unknown")
-        )),
-    }
-}
-
-/// Normalised image and text features of one batch, on the device thread.
-fn features(
-    dev: &mut DeviceCtx,
-    dir: &Path,
-    config: &ClipConfig,
-    precision: Precision,
-    images: Vec<Vec<f32>>,
-    texts: Vec<Vec<i64>>,
-) -> Result<(Rows, Rows)> {
-    let clip = dev.model(dir)?;
-    forward(&clip, config, precision, images, texts)
-}
-
-/// Online embedding (`POST /embed` with `texts` / `images`): L2-normalised vectors in input
-/// order, one device batch per request.
+/// Online embedding of texts and images outside the HTTP server (`cliptune demo query`):
+/// L2-normalised vectors in input order, `(texts, images)`, one device batch, through the
+/// same reader and encoder as every other path.
 pub async fn embed_online(
     worker: &Env,
     model: &Model,
     texts: Vec<String>,
     images: Vec<Vec<u8>>,
 ) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
-    let dir = model_dir(worker, model).await?;
-    let prepared = Arc::new(prepare(dir, false).await?);
-    let codec = prepared.codec.clone();
-    let (pixels, ids) = tokio::task::spawn_blocking(move || {
+    let dir = local_weights_for(worker, model).await?;
+    let (id, name) = (model.id.clone(), model.name.clone());
+    let (pixels, ids, prepared) = tokio::task::spawn_blocking(move || {
         use rayon::prelude::*;
-        let pixels = images
+        let prepared = Prepared::open(id, name, dir, false)?;
+        let mut inputs = images
             .par_iter()
             .enumerate()
             .map(|(i, b)| {
-                codec
+                prepared
                     .image(b, &format!("images[{i}]"))
                     .map_err(|e| WorkerError::input(format!("images[{i}]"), e))
             })
             .collect::<Result<Vec<_>>>()?;
-        let ids: Vec<Vec<i64>> = texts.iter().map(|t| codec.tokens(t)).collect();
-        Ok::<_, WorkerError>((pixels, ids))
+        inputs.extend(texts.iter().map(|t| prepared.text(t)));
+        // Each tower keeps its inputs' order, which is all the answer needs.
+        let split = infer::Split::of(inputs);
+        Ok::<_, WorkerError>((split.images, split.texts, prepared))
     })
     .await
     .map_err(|e| WorkerError::Internal(format!("preprocessing: {e}")))??;
-    let p = prepared.clone();
     let precision = worker.embed_precision;
     let (img, txt) = worker
         .device
-        .run(move |dev| features(dev, &p.dir, &p.config, precision, pixels, ids))
+        .run(move |dev| {
+            let clip = dev.model(&prepared.dir)?;
+            infer::encode(&clip, precision, pixels, ids, true)
+        })
         .await??;
     Ok((txt, img))
-}
-
-/// The local weights of a model outside an execution (online requests, search).
-pub async fn model_dir(worker: &Env, model: &Model) -> Result<PathBuf> {
-    local_weights_for(worker, model).await
 }

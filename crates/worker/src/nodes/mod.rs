@@ -155,8 +155,7 @@ pub(crate) fn reject_unknown(map: &Map<String, Value>, known: &[&str]) -> Result
     Ok(())
 }
 
-/// The model's weights as a local native checkpoint directory, downloaded once per model
-/// (a marker records which artifacts the directory holds; a changed list downloads again).
+/// The model's weights as a local native checkpoint directory ([`crate::infer::weights`]).
 pub(crate) async fn local_weights(
     ctx: &NodeCtx,
     model: &cliptune_store::Model,
@@ -164,88 +163,26 @@ pub(crate) async fn local_weights(
     local_weights_for(&ctx.env, model).await
 }
 
-/// The checkpoint of a model that carries no artifacts: Dataloop's marketplace CLIP models
-/// name their weights by the configuration's `model_name` (`ViT-B/32`), which its adapter
-/// loads from the runner image; cliptune reads them from `--weights-dir`. The error says
-/// which file it needs where.
+/// The checkpoint of a model that carries no artifacts, from `--weights-dir`
+/// ([`crate::infer::weights::named`]).
 pub(crate) fn named_weights(
     config: &crate::WorkerConfig,
     model: &cliptune_store::Model,
 ) -> std::result::Result<std::path::PathBuf, String> {
-    let Some(name) = model
-        .configuration
-        .get("model_name")
-        .and_then(Value::as_str)
-    else {
-        return Err(format!(
-            "model {} ({}) has no weights yet (status {}): no artifacts, and no `model_name` \
-             in its configuration to find them by",
-            model.name,
-            model.id,
-            model.status.as_str()
-        ));
-    };
-    let Some(dir) = &config.weights_dir else {
-        let file = cliptune_clip::weights::OPENAI_MODELS
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map_or("OpenAI's checkpoint file", |(_, f)| f);
-        return Err(format!(
-            "model {} ({}) has no artifacts: its weights are OpenAI's {name:?} checkpoint, \
-             looked up in CLIPTUNE_WEIGHTS_DIR (--weights-dir), which is not set; point it at \
-             a directory holding {file}",
-            model.name, model.id,
-        ));
-    };
-    cliptune_clip::resolve_base_model(dir, name)
-        .map_err(|e| format!("model {} ({}) has no artifacts: {e}", model.name, model.id))
+    crate::infer::weights::named(config.weights_dir.as_deref(), model)
 }
 
 pub(crate) async fn local_weights_for(
     worker: &crate::ctx::Env,
     model: &cliptune_store::Model,
 ) -> Result<std::path::PathBuf> {
-    if model.artifacts.is_empty() {
-        return named_weights(&worker.config, model).map_err(|m| WorkerError::input("model", m));
-    }
-    // One download at a time: concurrent requests for the same model share the result.
-    static DOWNLOADS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    let _guard = DOWNLOADS.lock().await;
-    let root = worker.work_dir.join("models");
-    let dir = root.join(&model.id);
-    let marker = dir.join(".artifacts.json");
-    let expected = serde_json::to_vec(&model.artifacts).expect("artifacts serialize");
-    if std::fs::read(&marker).is_ok_and(|m| m == expected) {
-        return Ok(dir);
-    }
-    let tmp = root.join(format!(".{}.{}.tmp", model.id, std::process::id()));
-    let io = |p: &std::path::Path, e: std::io::Error| {
-        WorkerError::Internal(format!("{}: {e}", p.display()))
-    };
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
-    worker
-        .platform()
-        .download_artifacts(&model.id, &tmp)
-        .await?;
-    if let Err(e) = cliptune_clip::checkpoint::detect(&tmp) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(WorkerError::input(
-            "model",
-            format!(
-                "the artifacts of model {} are not a checkpoint: {e}",
-                model.id
-            ),
-        ));
-    }
-    std::fs::write(tmp.join(".artifacts.json"), &expected).map_err(|e| io(&tmp, e))?;
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| io(&dir, e))?;
-    }
-    std::fs::rename(&tmp, &dir).map_err(|e| io(&dir, e))?;
-    Ok(dir)
+    crate::infer::weights::local(
+        &**worker.platform(),
+        &worker.work_dir,
+        worker.config.weights_dir.as_deref(),
+        model,
+    )
+    .await
 }
 
 #[cfg(test)]

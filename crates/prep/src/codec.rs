@@ -1,29 +1,30 @@
-//! Turns a pair into model inputs: OpenAI's tokenizer and image preprocessing (from
-//! `cliptune-prep`), sized for one model.
+//! A model's inputs from raw content: OpenAI's tokenizer and image preprocessing, sized for
+//! one model (its input side and context length). Training and inference share it, so a
+//! caption or an image becomes the same numbers everywhere.
 
-use crate::Result;
-use cliptune_clip::ClipConfig;
+use crate::{Preprocessor, Tokenizer};
 
 pub struct Codec {
-    tokenizer: &'static cliptune_prep::Tokenizer,
-    preprocessor: cliptune_prep::Preprocessor,
+    tokenizer: &'static Tokenizer,
+    preprocessor: Preprocessor,
     image_size: usize,
     context_length: usize,
 }
 
 impl Codec {
-    pub fn new(model: &ClipConfig) -> Result<Self> {
-        Ok(Self {
-            tokenizer: cliptune_prep::Tokenizer::shared(),
-            preprocessor: cliptune_prep::Preprocessor::new(model.vision.image_size as u32),
-            image_size: model.vision.image_size as usize,
-            context_length: model.text.context_length as usize,
-        })
+    /// For a model taking `image_size`-pixel squares and `context_length` tokens.
+    pub fn new(image_size: u32, context_length: usize) -> Self {
+        Self {
+            tokenizer: Tokenizer::shared(),
+            preprocessor: Preprocessor::new(image_size),
+            image_size: image_size as usize,
+            context_length,
+        }
     }
 
     /// JPEGs at least twice the input size decoded at reduced scale (libjpeg-turbo's DCT
-    /// scaling; see `cliptune_prep::Preprocessor::with_fast_decode`): faster, and no longer
-    /// PIL's exact pixels, so only where asked for.
+    /// scaling; see [`Preprocessor::with_fast_decode`]): faster, and no longer PIL's exact
+    /// pixels, so only where asked for.
     pub fn with_fast_decode(mut self, fast: bool) -> Self {
         self.preprocessor = self.preprocessor.with_fast_decode(fast);
         self
