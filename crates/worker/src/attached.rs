@@ -161,8 +161,8 @@ impl Worker {
             _ => {}
         }
         let input = req.input.unwrap_or(execution.input);
-        crate::nodes::validate_input(function, &input)?;
-        crate::nodes::check_refs(function, &input, &*self.platform).await?;
+        crate::dispatch::validate_input(function, &input)?;
+        crate::dispatch::check_refs(function, &input, &*self.platform).await?;
         let (tx, rx) = watch::channel((0u32, String::from("queued")));
         let run = Arc::new(AttachedRun {
             function,

@@ -308,8 +308,8 @@ impl Worker {
                     .into(),
             ));
         }
-        crate::nodes::validate_input(function, &input)?;
-        crate::nodes::check_refs(function, &input, &*self.platform).await?;
+        crate::dispatch::validate_input(function, &input)?;
+        crate::dispatch::check_refs(function, &input, &*self.platform).await?;
         if let Some(lane) = lane(function) {
             let queued = self.queued(lane).load(Ordering::SeqCst);
             if queued >= self.config.max_queue {

@@ -181,7 +181,7 @@ impl Worker {
             started.progress,
             queue,
         );
-        let result = crate::nodes::run(function, &started.input, &ctx).await;
+        let result = crate::dispatch::run(function, &started.input, &ctx).await;
         drop(ctx);
         if let Some(writer) = started.writer {
             let _ = writer.await;

@@ -10,11 +10,11 @@
 //! batcher (crate::http::online), outside the execution queue. Both read and encode through
 //! [`crate::infer`], so an item's stored vector and the same content sent as a query match.
 
+use super::feed::{Decoded, Feed, Note};
 use super::input::{parse, DatasetRef, ItemRef, ModelRef, PipelineRef};
 use super::{entity_ref, local_weights, local_weights_for, NEWEST_MODEL_VARIABLE};
 use crate::ctx::{Env, NodeCtx};
 use crate::error::{Result, WorkerError};
-use crate::feed::{Decoded, Feed, Note};
 use crate::infer::{self, Input, Prepared};
 use cliptune_store::{ExecutionPipeline, Item, ItemQuery, Model, NewVector, Platform};
 use serde_json::{json, Value};
@@ -155,7 +155,7 @@ pub async fn resolve_model(
 
 /// Where a dataset embedding's time goes, stage by stage: reading (item pages and item
 /// bytes, downloads on a remote platform), decoding (decode + resize + tokenize, on the
-/// decode threads), the device, writing vectors. The stages run at once (crate::feed), so
+/// decode threads), the device, writing vectors. The stages run at once (nodes::feed), so
 /// the busiest one bounds the rate. Each stage's seconds are its busy time: for reading
 /// and writing the wall time not spent waiting for a queue, for decoding the threads' busy
 /// time divided by their number (comparable with the others).

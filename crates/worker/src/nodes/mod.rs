@@ -6,15 +6,15 @@
 //! 422 at submission rather than a failed execution.
 
 pub mod adapter;
-mod create_model;
+pub(crate) mod create_model;
 pub mod embed;
+pub(crate) mod feed;
 pub mod input;
 pub mod train;
-mod update_variable;
+pub(crate) mod update_variable;
 
 use crate::ctx::NodeCtx;
 use crate::error::{Result, WorkerError};
-use crate::function::Function;
 use serde_json::{Map, Value};
 
 pub use adapter::{EmbedDatasetInput, EmbedItemsInput};
@@ -29,85 +29,6 @@ pub const NEWEST_MODEL_VARIABLE: &str = "Newest CLIP model";
 pub const BASE_MODEL_VARIABLE: &str = "Base CLIP model";
 pub const DATASET_VARIABLE: &str = "Dataset with captions";
 pub const CONFIG_VARIABLE: &str = "Model config";
-
-/// Checks `input` against what `function` needs.
-pub fn validate_input(function: Function, input: &Value) -> Result<()> {
-    match function {
-        Function::CreateModel => CreateModelInput::parse(input).map(drop),
-        Function::Train => TrainInput::parse(input).map(drop),
-        Function::UpdateVariable => UpdateVariableInput::parse(input).map(drop),
-        Function::Embed => EmbedInput::parse(input).map(drop),
-        Function::EmbedItems => EmbedItemsInput::parse(input).map(drop),
-        Function::EmbedDataset => EmbedDatasetInput::parse(input).map(drop),
-        Function::Pipeline => crate::pipeline::RunInput::parse(input).map(drop),
-    }
-}
-
-/// Resolves the models, datasets and pipelines `input` names, so that an unknown one is a
-/// 404 at submission instead of an execution that fails later. (Item lists are checked
-/// item by item as the node reads them.)
-pub async fn check_refs(
-    function: Function,
-    input: &Value,
-    platform: &dyn cliptune_store::Platform,
-) -> Result<()> {
-    match function {
-        Function::CreateModel => {
-            let i = CreateModelInput::parse(input)?;
-            platform.resolve_model(&i.base_model).await?;
-            platform.resolve_dataset(&i.dataset).await?;
-        }
-        Function::Train => {
-            platform
-                .resolve_model(&TrainInput::parse(input)?.model)
-                .await?;
-        }
-        Function::UpdateVariable => {
-            let i = UpdateVariableInput::parse(input)?;
-            platform.resolve_model(&i.model).await?;
-            if let Some(p) = &i.pipeline {
-                platform.resolve_pipeline(p).await?;
-            }
-        }
-        Function::Embed | Function::EmbedItems | Function::EmbedDataset => {
-            let i = match function {
-                Function::EmbedItems => EmbedItemsInput::parse(input)?.into(),
-                Function::EmbedDataset => EmbedDatasetInput::parse(input)?.into(),
-                _ => EmbedInput::parse(input)?,
-            };
-            if let EmbedTarget::Dataset { id, .. } = &i.target {
-                platform.resolve_dataset(id).await?;
-            }
-            if let Some(m) = &i.model {
-                platform.resolve_model(m).await?;
-            }
-            if let Some(p) = &i.pipeline {
-                platform.resolve_pipeline(p).await?;
-            }
-        }
-        Function::Pipeline => {}
-    }
-    Ok(())
-}
-
-/// Runs one node to its output.
-pub async fn run(function: Function, input: &Value, ctx: &NodeCtx) -> Result<Value> {
-    match function {
-        Function::CreateModel => create_model::run(CreateModelInput::parse(input)?, ctx).await,
-        Function::Train => train::run(TrainInput::parse(input)?, ctx).await,
-        Function::UpdateVariable => {
-            update_variable::run(UpdateVariableInput::parse(input)?, ctx).await
-        }
-        Function::Embed => embed::run(EmbedInput::parse(input)?, ctx).await,
-        Function::EmbedItems => adapter::embed_items(EmbedItemsInput::parse(input)?, ctx).await,
-        Function::EmbedDataset => {
-            adapter::embed_dataset(EmbedDatasetInput::parse(input)?, ctx).await
-        }
-        Function::Pipeline => {
-            crate::pipeline::run(crate::pipeline::RunInput::parse(input)?, ctx).await
-        }
-    }
-}
 
 /// The input object (`null` counts as empty).
 pub(crate) fn object(input: &Value) -> Result<Map<String, Value>> {
@@ -188,6 +109,8 @@ pub(crate) async fn local_weights_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dispatch::validate_input;
+    use crate::Function;
     use serde_json::json;
 
     #[test]

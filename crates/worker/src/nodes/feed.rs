@@ -14,9 +14,9 @@
 //! come out in completion order (the feature set is keyed by item, so order is irrelevant),
 //! each exactly once: an item is read by one read task and decoded by one thread.
 
+use super::embed::Pages;
 use crate::error::{Result, WorkerError};
 use crate::infer::{read_item, Input, Prepared, Raw};
-use crate::nodes::embed::Pages;
 use cliptune_store::{Item, Platform};
 use cliptune_train::feed::{Decoders, Meter};
 use serde_json::{json, Value};
