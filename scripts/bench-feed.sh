@@ -8,7 +8,7 @@
 #      JPEGs (scripts/bench/make_jpegs.py) to 3x224x224 on one thread, files in memory
 #      (crates/prep/examples/bench_fast_decode.rs);
 #   2. `cliptune embed-dataset` over the same JPEGs, imported into a store, with a tiny
-#      model (one layer, width 64: the device costs next to nothing) and --decode-threads
+#      model (one layer, width 8: the device's share is a few percent) and --decode-threads
 #      = every core (DECODE_THREADS to change it), fp32, one libtorch thread;
 # then prints cores x the single-thread rate, the embed-dataset rate, their ratio (floor
 # 80%), the stage timings' bottleneck (should be decode), the per-core speed-up of
@@ -17,13 +17,13 @@
 # machine lower the ratio, so run it when the machine is quiet.
 #
 # Builds with `cargo build --release` (PROFILE=dev: the debug build, faster to build, slower
-# to run; both figures then come from the same build). Needs the Python reference venv
-# (scripts/refvenv.sh) for the JPEG maker and the summary.
+# to run; both figures then come from the same build). The JPEG maker and the summary run in
+# a small NumPy + Pillow venv (scripts/benchvenv.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-400} rounds=${2:-2}
 profile=${PROFILE:-release}
-py=$(scripts/refvenv.sh)
+py=$(scripts/benchvenv.sh)
 work=${CLIPTUNE_BENCH_DIR:-$PWD/out/bench-feed}
 cores=$(nproc)
 threads=${DECODE_THREADS:-$cores}
@@ -48,9 +48,9 @@ rm -rf "$home"
 c() { "$bin" --home "$home" "$@"; }
 export CLIPTUNE_LOG=warn
 cat >"$work/tiny.json" <<'JSON'
-{"embed_dim": 64, "activation": "quick_gelu",
- "vision": {"width": 64, "layers": 1, "heads": 1, "patch_size": 32, "image_size": 224, "mlp_dim": 256},
- "text": {"width": 64, "layers": 1, "heads": 1, "context_length": 77, "vocab_size": 49408, "mlp_dim": 256}}
+{"embed_dim": 8, "activation": "quick_gelu",
+ "vision": {"width": 8, "layers": 1, "heads": 1, "patch_size": 32, "image_size": 224, "mlp_dim": 32},
+ "text": {"width": 8, "layers": 1, "heads": 1, "context_length": 77, "vocab_size": 49408, "mlp_dim": 32}}
 JSON
 c datasets import "$work/jpegs" --name bench >/dev/null
 c models create --arch "$work/tiny.json" --name tiny --seed 0 >/dev/null

@@ -33,6 +33,8 @@ else
   bin=$PWD/target/release/cliptune check=$PWD/target/release/examples/gpu_check
 fi
 py=${PYTHON:-python3}
+# The JPEG maker needs NumPy and Pillow; where this python lacks them, a small venv has them.
+"$py" -c 'import numpy, PIL' 2>/dev/null || py=$(scripts/benchvenv.sh)
 device=${GPU_CHECK_DEVICE:-cuda}
 parts=" ${GPU_CHECK_PARTS:-1 2 3 4} "   # e.g. GPU_CHECK_PARTS=4 runs only part 4
 has() { [[ "$parts" == *" $1 "* ]]; }

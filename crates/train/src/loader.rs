@@ -168,16 +168,18 @@ fn make_batch(
             Ok(px)
         })
         .collect();
-    let mut flat = Vec::with_capacity(indices.len() * 3 * s * s);
-    for (img, &i) in images.into_iter().zip(&indices) {
-        let px = img.map_err(|e| {
-            TrainError::Data(format!(
-                "{}: {e} (it was readable when the run started)",
-                pairs[i].id
-            ))
-        })?;
-        flat.extend_from_slice(&px);
-    }
+    let images = images
+        .into_iter()
+        .zip(&indices)
+        .map(|(img, &i)| {
+            img.map_err(|e| {
+                TrainError::Data(format!(
+                    "{}: {e} (it was readable when the run started)",
+                    pairs[i].id
+                ))
+            })
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     let ctx = codec.context_length();
     let mut ids = Vec::with_capacity(indices.len() * ctx);
     for &i in &indices {
@@ -185,7 +187,7 @@ fn make_batch(
     }
     let b = indices.len() as i64;
     Ok(Batch {
-        pixels: Tensor::from_slice(&flat).view([b, 3, s as i64, s as i64]),
+        pixels: cliptune_clip::pixel_batch(&images, s as i64)?,
         tokens: Tensor::from_slice(&ids).view([b, ctx as i64]),
         indices,
     })

@@ -34,9 +34,7 @@ pub fn encode(
         Vec::new()
     } else {
         let s = config.vision.image_size;
-        let n = images.len() as i64;
-        let flat: Vec<f32> = images.concat();
-        let mut pixels = tch::Tensor::from_slice(&flat).view([n, 3, s, s]);
+        let mut pixels = cliptune_clip::pixel_batch(&images, s)?;
         if device.is_cuda() {
             // From page-locked memory the copy to the GPU is one DMA, not a staging copy
             // through a pinned bounce buffer (cf. PyTorch's DataLoader pin_memory). Where
