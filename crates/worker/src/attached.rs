@@ -199,15 +199,23 @@ impl Worker {
             .attached()
             .run(id)
             .ok_or_else(|| WorkerError::NotFound(format!("no attached execution {id} here")))?;
-        if run.outcome.borrow().is_none() {
+        // Subscribed before the check, so an outcome set in between still wakes us.
+        let mut outcome = run.outcome.subscribe();
+        if outcome.borrow_and_update().is_none() {
             // The registry's receiver never marks what it saw, so a clone of it would
             // answer at once forever: wait for the next change from now.
             let mut progress = run.progress.clone();
             progress.mark_unchanged();
-            let mut outcome = run.outcome.subscribe();
             let _ = tokio::time::timeout(wait, async {
                 tokio::select! {
-                    _ = progress.changed() => {}
+                    changed = progress.changed() => {
+                        // The run dropped its progress sender: it is ending, and its outcome
+                        // follows. Without this wait a long poll in that window answered at
+                        // once, again and again ("running" in a busy loop).
+                        if changed.is_err() {
+                            let _ = outcome.changed().await;
+                        }
+                    }
                     _ = outcome.changed() => {}
                 }
             })
