@@ -412,6 +412,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn entity_traits_are_object_safe_and_platform_is_their_sum() {
+        fn platform<P: Platform + ?Sized>() {}
+        platform::<crate::LocalStore>();
+        platform::<crate::DataloopBackend>();
+        platform::<dyn Platform>();
+        let _: Option<(
+            &dyn Datasets,
+            &dyn Models,
+            &dyn Pipelines,
+            &dyn Executions,
+            &dyn Vectors,
+        )> = None;
+    }
+
+    #[test]
     fn prompt_json_round_trip() {
         let id = "0123456789abcdef01234567";
         let json = PromptContent::to_json(id, Some("a cat"));

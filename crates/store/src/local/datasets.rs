@@ -26,3 +26,14 @@ pub(crate) fn dataset_by(conn: &Connection, col: &str, key: &str) -> Result<Data
     .optional()?
     .ok_or_else(|| StoreError::not_found("dataset", key))
 }
+
+/// Inserts a dataset named `name` (checked and free: the caller's part) and returns it.
+pub(crate) fn insert_dataset(conn: &Connection, name: &str) -> Result<Dataset> {
+    let id = new_id();
+    let now = now_rfc3339();
+    conn.execute(
+        "INSERT INTO datasets (id, name, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
+        params![id, name, now],
+    )?;
+    dataset_by(conn, "id", &id)
+}

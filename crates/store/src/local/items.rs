@@ -224,13 +224,7 @@ impl Datasets for LocalStore {
                 if name_taken(t, "datasets", &name)? {
                     return Err(rules::name_exists("dataset", &name));
                 }
-                let id = new_id();
-                let now = now_rfc3339();
-                t.execute(
-                    "INSERT INTO datasets (id, name, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
-                    params![id, name, now],
-                )?;
-                dataset_by(t, "id", &id)
+                insert_dataset(t, &name)
             })
             .await
     }

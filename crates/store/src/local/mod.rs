@@ -33,7 +33,7 @@ mod pipelines;
 // What import.rs builds on, and the Dataloop backend's share of the item rules.
 pub(crate) use crate::rules::normalize_filename;
 pub(crate) use crate::util::guess_mimetype;
-pub(crate) use datasets::dataset_by;
+pub(crate) use datasets::{dataset_by, insert_dataset};
 pub(crate) use items::{set_free_text_tx, upsert_item_tx, Change, StagedItem};
 use models::model_by;
 
