@@ -417,13 +417,15 @@ mod tests {
         platform::<crate::LocalStore>();
         platform::<crate::DataloopBackend>();
         platform::<dyn Platform>();
-        let _: Option<(
-            &dyn Datasets,
-            &dyn Models,
-            &dyn Pipelines,
-            &dyn Executions,
-            &dyn Vectors,
-        )> = None;
+        fn object_safe(
+            _: Option<&dyn Datasets>,
+            _: Option<&dyn Models>,
+            _: Option<&dyn Pipelines>,
+            _: Option<&dyn Executions>,
+            _: Option<&dyn Vectors>,
+        ) {
+        }
+        object_safe(None, None, None, None, None);
     }
 
     #[test]
