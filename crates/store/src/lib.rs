@@ -11,7 +11,8 @@
 //! - [`rules`]: the validation both backends apply (names, limits, shapes).
 //!
 //! Backends implement the five traits (and so [`Platform`]); callers hold an
-//! `Arc<dyn Platform>` and `use cliptune_store::prelude::*;` to call its methods.
+//! `Arc<dyn Platform>`; `use cliptune_store::prelude::*;` to call the methods on a concrete
+//! backend.
 
 mod blobs;
 pub mod dataloop;
@@ -34,11 +35,12 @@ pub use platform::{
     is_id, item_id_from_url, Datasets, Executions, Models, Pipelines, Platform, PromptContent,
     Vectors,
 };
+pub use rules::normalize_filename;
+pub use util::{guess_mimetype, name_timestamp, new_id, now_rfc3339, parse_rfc3339};
 
-/// The store traits, for `use cliptune_store::prelude::*;`: their methods are callable on an
-/// `Arc<dyn Platform>` / `&dyn Platform` only with the trait that declares them in scope.
+/// The store traits, for `use cliptune_store::prelude::*;`: a method called on a concrete
+/// backend (`LocalStore`, `DataloopBackend`) needs the trait that declares it in scope (on a
+/// `dyn Platform` or a `P: Platform` they all resolve as is).
 pub mod prelude {
     pub use crate::platform::{Datasets, Executions, Models, Pipelines, Platform, Vectors};
 }
-pub use rules::normalize_filename;
-pub use util::{guess_mimetype, name_timestamp, new_id, now_rfc3339, parse_rfc3339};

@@ -10,10 +10,11 @@
 //!
 //! Each trait is object-safe and its futures are `Send`; [`Platform`] has every one of them
 //! as a supertrait and a blanket impl, so a worker can hold one backend chosen at run time
-//! (`Arc<dyn Platform>`) and call it from axum handlers and tokio tasks. Calling a method
-//! needs its trait in scope: `use cliptune_store::prelude::*;`. Everything shaped by the
-//! template (caption resolution, id-or-name lookup, paging) is a provided method built on the
-//! required ones, so both backends behave the same.
+//! (`Arc<dyn Platform>`) and call it from axum handlers and tokio tasks. On a `dyn Platform`
+//! (or a `P: Platform`) every supertrait method resolves as is; on a concrete backend
+//! (`LocalStore`) a method needs its trait in scope: `use cliptune_store::prelude::*;`.
+//! Everything shaped by the template (caption resolution, id-or-name lookup, paging) is a
+//! provided method built on the required ones, so both backends behave the same.
 
 use crate::entities::*;
 use crate::error::{Result, StoreError};
@@ -286,8 +287,7 @@ pub trait Vectors: Send + Sync {
 
 /// Everything a platform offers: the sum of the five entity traits. Implemented for every
 /// type that implements all five, so backends implement only those and callers keep holding
-/// `Arc<dyn Platform>` / `&dyn Platform` (the supertraits' methods are callable on it with
-/// the traits in scope: `use cliptune_store::prelude::*;`).
+/// `Arc<dyn Platform>` / `&dyn Platform`, on which every supertrait method is callable.
 pub trait Platform: Datasets + Models + Pipelines + Executions + Vectors + Send + Sync {}
 
 impl<T: Datasets + Models + Pipelines + Executions + Vectors + ?Sized> Platform for T {}
