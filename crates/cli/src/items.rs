@@ -4,7 +4,8 @@ use crate::datasets::{block_on, open_store};
 use crate::{output, Ctx};
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use cliptune_store::{dql, Item, ItemKind, ItemQuery, Platform};
+use cliptune_store::prelude::*;
+use cliptune_store::{dql, Item, ItemKind, ItemQuery};
 use serde::Serialize;
 use serde_json::Value;
 

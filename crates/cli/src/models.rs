@@ -5,9 +5,8 @@ use crate::{output, Ctx};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use cliptune_clip::{checkpoint, Activation, Clip, ClipConfig, LoadOptions};
-use cliptune_store::{
-    LocalStore, MetricSample, Model, ModelStatus, NewModel, Platform, StoreError,
-};
+use cliptune_store::prelude::*;
+use cliptune_store::{LocalStore, MetricSample, Model, ModelStatus, NewModel, StoreError};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

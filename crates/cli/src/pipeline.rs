@@ -5,9 +5,8 @@ use crate::serve::runtime;
 use crate::{output, Ctx};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use cliptune_store::{
-    Execution, ExecutionQuery, ExecutionStatus, LocalStore, NearestQuery, Platform,
-};
+use cliptune_store::prelude::*;
+use cliptune_store::{Execution, ExecutionQuery, ExecutionStatus, LocalStore, NearestQuery};
 use cliptune_worker::{pipeline, Function, Worker, WorkerConfig};
 use serde_json::{json, Value};
 use std::path::PathBuf;

@@ -6,7 +6,7 @@ use crate::{models, output, Ctx};
 use anyhow::{Context, Result};
 use clap::Args;
 use cliptune_clip::parse_device;
-use cliptune_store::Platform;
+use cliptune_store::prelude::*;
 use cliptune_worker::infer::{LocalEncoder, Prepared};
 use cliptune_worker::search::{self, Hit};
 use cliptune_worker::WorkerConfig;

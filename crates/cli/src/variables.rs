@@ -4,7 +4,8 @@ use crate::datasets::{block_on, open_store};
 use crate::{output, Ctx};
 use anyhow::Result;
 use clap::Subcommand;
-use cliptune_store::{Platform, Variable, VariableUpdate};
+use cliptune_store::prelude::*;
+use cliptune_store::{Variable, VariableUpdate};
 use serde_json::Value;
 
 #[derive(Subcommand)]

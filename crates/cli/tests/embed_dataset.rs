@@ -2,7 +2,8 @@
 //! the execution the killed process left, embeds only what is missing, stores exactly one
 //! vector per readable item (equal to an uninterrupted run's) and lists the corrupt image.
 
-use cliptune_store::{LocalStore, Platform};
+use cliptune_store::prelude::*;
+use cliptune_store::LocalStore;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -592,7 +592,7 @@ pub struct NewExecution {
 }
 
 /// A progress report; absent fields keep their value. Terminal statuses go through
-/// [`crate::Platform::finish_execution`].
+/// [`crate::Executions::finish_execution`].
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecutionProgress {

@@ -22,11 +22,11 @@ use crate::blobs::{BlobRef, Blobs};
 use crate::entities::{set_path, Dataset, Item, ItemType};
 use crate::error::{Result, StoreError};
 use crate::local::{
-    dataset_by, guess_mimetype, normalize_filename, set_free_text_tx, tokio_blocking,
-    upsert_item_tx, Change, LocalStore, StagedItem,
+    dataset_by, guess_mimetype, insert_dataset, normalize_filename, set_free_text_tx,
+    tokio_blocking, upsert_item_tx, Change, LocalStore, StagedItem,
 };
 use crate::platform::PromptContent;
-use crate::util::{new_id, now_rfc3339};
+use crate::util::now_rfc3339;
 use rayon::prelude::*;
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
@@ -605,15 +605,7 @@ fn stage(blobs: &Blobs, planned: &[Planned]) -> Result<Vec<BlobRef>> {
 fn get_or_create_dataset(t: &rusqlite::Transaction<'_>, name: &str) -> Result<Dataset> {
     match dataset_by(t, "name", name) {
         Ok(d) => Ok(d),
-        Err(StoreError::NotFound { .. }) => {
-            let id = new_id();
-            let now = now_rfc3339();
-            t.execute(
-                "INSERT INTO datasets (id, name, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
-                params![id, name, now],
-            )?;
-            dataset_by(t, "id", &id)
-        }
+        Err(StoreError::NotFound { .. }) => insert_dataset(t, name),
         Err(e) => Err(e),
     }
 }

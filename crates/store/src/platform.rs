@@ -1,8 +1,18 @@
-//! The [`Platform`] trait: everything the pipeline nodes and the CLI need from a platform,
-//! implemented by the embedded store ([`crate::LocalStore`]) and the Dataloop REST backend.
+//! The store's traits, one per entity, and [`Platform`], their sum: everything the
+//! pipeline nodes and the CLI need from a platform, implemented by the embedded store
+//! ([`crate::LocalStore`]) and the Dataloop REST backend.
 //!
-//! The trait is object-safe (`Arc<dyn Platform>`) and its futures are `Send`, so a worker can
-//! hold one backend chosen at run time and call it from axum handlers and tokio tasks.
+//! - [`Datasets`]: datasets, their items, item bytes and annotations (and the backend's name);
+//! - [`Models`]: models, cloning, artifacts and metrics;
+//! - [`Pipelines`]: pipelines and their variables;
+//! - [`Executions`]: executions and their status log;
+//! - [`Vectors`]: feature sets, vectors and nearest-neighbour search.
+//!
+//! Each trait is object-safe and its futures are `Send`; [`Platform`] has every one of them
+//! as a supertrait and a blanket impl, so a worker can hold one backend chosen at run time
+//! (`Arc<dyn Platform>`) and call it from axum handlers and tokio tasks. On a `dyn Platform`
+//! (or a `P: Platform`) every supertrait method resolves as is; on a concrete backend
+//! (`LocalStore`) a method needs its trait in scope: `use cliptune_store::prelude::*;`.
 //! Everything shaped by the template (caption resolution, id-or-name lookup, paging) is a
 //! provided method built on the required ones, so both backends behave the same.
 
@@ -10,10 +20,12 @@ use crate::entities::*;
 use crate::error::{Result, StoreError};
 use async_trait::async_trait;
 use serde_json::{Map, Value};
+use std::future::Future;
 use std::path::Path;
 
+/// Datasets, items, item bytes and annotations.
 #[async_trait]
-pub trait Platform: Send + Sync {
+pub trait Datasets: Send + Sync {
     /// A short name for logs and `/info` (`local`, `dataloop`).
     fn backend_name(&self) -> &'static str;
 
@@ -43,150 +55,21 @@ pub trait Platform: Send + Sync {
     async fn annotations(&self, item_id: &str) -> Result<Vec<Annotation>>;
     async fn add_annotation(&self, item_id: &str, annotation: NewAnnotation) -> Result<Annotation>;
 
-    // ---- models ----
-
-    /// Registers a model; `Conflict` when the name is taken.
-    async fn create_model(&self, model: NewModel) -> Result<Model>;
-    async fn get_model(&self, id: &str) -> Result<Model>;
-    async fn model_by_name(&self, name: &str) -> Result<Model>;
-    async fn list_models(&self) -> Result<Vec<Model>>;
-    /// The template's *Create New Model*: see [`CloneModel`] for names, merge and subsets.
-    /// The clone has no artifacts; its `base_model_id` is `id`.
-    async fn clone_model(&self, id: &str, options: CloneModel) -> Result<Model>;
-    /// Writes name, status, configuration, dataset, metadata, labels, description and tags.
-    /// Artifacts change only through [`Platform::upload_artifacts`].
-    async fn update_model(&self, model: &Model) -> Result<Model>;
-    /// Replaces the model's artifacts with the files under `dir` (recursively).
-    async fn upload_artifacts(&self, id: &str, dir: &Path) -> Result<Model>;
-    /// Recreates the artifact files under `dir` (created if needed; other files left alone).
-    async fn download_artifacts(&self, id: &str, dir: &Path) -> Result<()>;
-    async fn publish_metrics(&self, samples: &[MetricSample]) -> Result<usize>;
-    /// A model's samples in publication order.
-    async fn list_metrics(&self, model_id: &str) -> Result<Vec<MetricSample>>;
-
-    // ---- pipelines and variables ----
-
-    /// `Conflict` when the name is taken.
-    async fn create_pipeline(&self, pipeline: NewPipeline) -> Result<Pipeline>;
-    async fn get_pipeline(&self, id: &str) -> Result<Pipeline>;
-    async fn pipeline_by_name(&self, name: &str) -> Result<Pipeline>;
-    async fn list_pipelines(&self) -> Result<Vec<Pipeline>>;
-    async fn get_variables(&self, pipeline_id: &str) -> Result<Vec<Variable>>;
-    /// Sets existing variables' values, all or none (`NotFound` names the missing variable).
-    async fn update_variables(
-        &self,
-        pipeline_id: &str,
-        updates: &[VariableUpdate],
-    ) -> Result<Vec<Variable>>;
-    /// Sets a Model variable to `model_id` in one atomic step, only if that model is
-    /// `trained` (or `deployed`) and has artifacts; else `Conflict`, value unchanged.
-    async fn promote_model_variable(
-        &self,
-        pipeline_id: &str,
-        variable: &str,
-        model_id: &str,
-    ) -> Result<Variable>;
-
-    // ---- executions ----
-
-    async fn create_execution(&self, execution: NewExecution) -> Result<Execution>;
-    async fn get_execution(&self, id: &str) -> Result<Execution>;
-    async fn list_executions(&self, query: &ExecutionQuery) -> Result<Vec<Execution>>;
-    /// Appends to the status log; `Conflict` once the execution is terminal;
-    /// `Invalid` for a terminal status here or percent > 100.
-    async fn progress_execution(&self, id: &str, progress: ExecutionProgress) -> Result<Execution>;
-    /// Queues a started or ended execution again (status `rerun`), as Dataloop's
-    /// `POST /executions/{id}/rerun` does; `Conflict` while it is still `created` or `rerun`.
-    async fn rerun_execution(&self, id: &str) -> Result<Execution>;
-    /// Moves to a terminal status (`success` sets percent 100); `Conflict` when already terminal.
-    async fn finish_execution(
-        &self,
-        id: &str,
-        status: ExecutionStatus,
-        output: Option<Value>,
-        error: Option<String>,
-    ) -> Result<Execution>;
-
-    // ---- feature sets and vectors ----
-
-    /// The feature set of `model_id`, created on first use with `name` and `size`;
-    /// `Conflict` when it exists with another size.
-    async fn feature_set_for_model(
-        &self,
-        model_id: &str,
-        name: &str,
-        size: u32,
-    ) -> Result<FeatureSet>;
-    async fn get_feature_set(&self, id: &str) -> Result<FeatureSet>;
-    async fn list_feature_sets(&self) -> Result<Vec<FeatureSet>>;
-    /// Inserts or replaces vectors keyed by (feature set, entity id): never duplicates.
-    /// All or nothing; `Invalid` when a vector's length differs from the set's size.
-    async fn upsert_vectors(
-        &self,
-        feature_set_id: &str,
-        vectors: &[NewVector],
-    ) -> Result<UpsertSummary>;
-    /// Entity ids that have a vector in the set (optionally only from one dataset).
-    async fn vector_entities(
-        &self,
-        feature_set_id: &str,
-        dataset_id: Option<&str>,
-    ) -> Result<Vec<Id>>;
-    /// Which of `entity_ids` have a vector in the set (any order, no duplicates). The embed
-    /// node asks one page of items at a time, so what it holds is bounded by the page, not
-    /// by the set.
-    async fn entities_with_vectors(
-        &self,
-        feature_set_id: &str,
-        entity_ids: &[Id],
-    ) -> Result<Vec<Id>>;
-    async fn get_vector(&self, feature_set_id: &str, entity_id: &str) -> Result<FeatureVector>;
-    /// Top-k by cosine similarity, best first.
-    async fn nearest(&self, feature_set_id: &str, query: &NearestQuery) -> Result<Vec<Neighbor>>;
-
     // ---- provided: shared behaviour of both backends ----
 
     /// A dataset by id, or else by name.
     async fn resolve_dataset(&self, id_or_name: &str) -> Result<Dataset> {
-        if is_id(id_or_name) {
-            match self.get_dataset(id_or_name).await {
-                Err(StoreError::NotFound { .. }) => {}
-                other => return other,
-            }
-        }
-        self.dataset_by_name(id_or_name)
-            .await
-            .map_err(|e| rename_not_found(e, "dataset", id_or_name))
-    }
-
-    /// A model by id, or else by name.
-    async fn resolve_model(&self, id_or_name: &str) -> Result<Model> {
-        if is_id(id_or_name) {
-            match self.get_model(id_or_name).await {
-                Err(StoreError::NotFound { .. }) => {}
-                other => return other,
-            }
-        }
-        self.model_by_name(id_or_name)
-            .await
-            .map_err(|e| rename_not_found(e, "model", id_or_name))
-    }
-
-    /// A pipeline by id, or else by name.
-    async fn resolve_pipeline(&self, id_or_name: &str) -> Result<Pipeline> {
-        if is_id(id_or_name) {
-            match self.get_pipeline(id_or_name).await {
-                Err(StoreError::NotFound { .. }) => {}
-                other => return other,
-            }
-        }
-        self.pipeline_by_name(id_or_name)
-            .await
-            .map_err(|e| rename_not_found(e, "pipeline", id_or_name))
+        resolve(
+            self.get_dataset(id_or_name),
+            self.dataset_by_name(id_or_name),
+            "dataset",
+            id_or_name,
+        )
+        .await
     }
 
     /// Every item matching `filter` (default filter when `None`), fetched page by page.
-    /// For very large datasets prefer paging with [`Platform::query_items`] directly.
+    /// For very large datasets prefer paging with [`Datasets::query_items`] directly.
     async fn all_items(&self, dataset_id: &str, filter: Option<Value>) -> Result<Vec<Item>> {
         let mut query = ItemQuery {
             filter,
@@ -267,14 +150,169 @@ pub trait Platform: Send + Sync {
     }
 }
 
-fn rename_not_found(err: StoreError, kind: &'static str, what: &str) -> StoreError {
-    match err {
+/// Models, their clones, artifacts and metrics.
+#[async_trait]
+pub trait Models: Send + Sync {
+    /// Registers a model; `Conflict` when the name is taken.
+    async fn create_model(&self, model: NewModel) -> Result<Model>;
+    async fn get_model(&self, id: &str) -> Result<Model>;
+    async fn model_by_name(&self, name: &str) -> Result<Model>;
+    async fn list_models(&self) -> Result<Vec<Model>>;
+    /// The template's *Create New Model*: see [`CloneModel`] for names, merge and subsets.
+    /// The clone has no artifacts; its `base_model_id` is `id`.
+    async fn clone_model(&self, id: &str, options: CloneModel) -> Result<Model>;
+    /// Writes name, status, configuration, dataset, metadata, labels, description and tags.
+    /// Artifacts change only through [`Models::upload_artifacts`].
+    async fn update_model(&self, model: &Model) -> Result<Model>;
+    /// Replaces the model's artifacts with the files under `dir` (recursively).
+    async fn upload_artifacts(&self, id: &str, dir: &Path) -> Result<Model>;
+    /// Recreates the artifact files under `dir` (created if needed; other files left alone).
+    async fn download_artifacts(&self, id: &str, dir: &Path) -> Result<()>;
+    async fn publish_metrics(&self, samples: &[MetricSample]) -> Result<usize>;
+    /// A model's samples in publication order.
+    async fn list_metrics(&self, model_id: &str) -> Result<Vec<MetricSample>>;
+
+    // ---- provided ----
+
+    /// A model by id, or else by name.
+    async fn resolve_model(&self, id_or_name: &str) -> Result<Model> {
+        resolve(
+            self.get_model(id_or_name),
+            self.model_by_name(id_or_name),
+            "model",
+            id_or_name,
+        )
+        .await
+    }
+}
+
+/// Pipelines and their variables.
+#[async_trait]
+pub trait Pipelines: Send + Sync {
+    /// `Conflict` when the name is taken.
+    async fn create_pipeline(&self, pipeline: NewPipeline) -> Result<Pipeline>;
+    async fn get_pipeline(&self, id: &str) -> Result<Pipeline>;
+    async fn pipeline_by_name(&self, name: &str) -> Result<Pipeline>;
+    async fn list_pipelines(&self) -> Result<Vec<Pipeline>>;
+    async fn get_variables(&self, pipeline_id: &str) -> Result<Vec<Variable>>;
+    /// Sets existing variables' values, all or none (`NotFound` names the missing variable).
+    async fn update_variables(
+        &self,
+        pipeline_id: &str,
+        updates: &[VariableUpdate],
+    ) -> Result<Vec<Variable>>;
+    /// Sets a Model variable to `model_id` in one atomic step, only if that model is
+    /// `trained` (or `deployed`) and has artifacts; else `Conflict`, value unchanged.
+    async fn promote_model_variable(
+        &self,
+        pipeline_id: &str,
+        variable: &str,
+        model_id: &str,
+    ) -> Result<Variable>;
+
+    // ---- provided ----
+
+    /// A pipeline by id, or else by name.
+    async fn resolve_pipeline(&self, id_or_name: &str) -> Result<Pipeline> {
+        resolve(
+            self.get_pipeline(id_or_name),
+            self.pipeline_by_name(id_or_name),
+            "pipeline",
+            id_or_name,
+        )
+        .await
+    }
+}
+
+/// Executions and their status log.
+#[async_trait]
+pub trait Executions: Send + Sync {
+    async fn create_execution(&self, execution: NewExecution) -> Result<Execution>;
+    async fn get_execution(&self, id: &str) -> Result<Execution>;
+    async fn list_executions(&self, query: &ExecutionQuery) -> Result<Vec<Execution>>;
+    /// Appends to the status log; `Conflict` once the execution is terminal;
+    /// `Invalid` for a terminal status here or percent > 100.
+    async fn progress_execution(&self, id: &str, progress: ExecutionProgress) -> Result<Execution>;
+    /// Queues a started or ended execution again (status `rerun`), as Dataloop's
+    /// `POST /executions/{id}/rerun` does; `Conflict` while it is still `created` or `rerun`.
+    async fn rerun_execution(&self, id: &str) -> Result<Execution>;
+    /// Moves to a terminal status (`success` sets percent 100); `Conflict` when already terminal.
+    async fn finish_execution(
+        &self,
+        id: &str,
+        status: ExecutionStatus,
+        output: Option<Value>,
+        error: Option<String>,
+    ) -> Result<Execution>;
+}
+
+/// Feature sets, vectors and nearest-neighbour search.
+#[async_trait]
+pub trait Vectors: Send + Sync {
+    /// The feature set of `model_id`, created on first use with `name` and `size`;
+    /// `Conflict` when it exists with another size.
+    async fn feature_set_for_model(
+        &self,
+        model_id: &str,
+        name: &str,
+        size: u32,
+    ) -> Result<FeatureSet>;
+    async fn get_feature_set(&self, id: &str) -> Result<FeatureSet>;
+    async fn list_feature_sets(&self) -> Result<Vec<FeatureSet>>;
+    /// Inserts or replaces vectors keyed by (feature set, entity id): never duplicates.
+    /// All or nothing; `Invalid` when a vector's length differs from the set's size.
+    async fn upsert_vectors(
+        &self,
+        feature_set_id: &str,
+        vectors: &[NewVector],
+    ) -> Result<UpsertSummary>;
+    /// Entity ids that have a vector in the set (optionally only from one dataset).
+    async fn vector_entities(
+        &self,
+        feature_set_id: &str,
+        dataset_id: Option<&str>,
+    ) -> Result<Vec<Id>>;
+    /// Which of `entity_ids` have a vector in the set (any order, no duplicates). The embed
+    /// node asks one page of items at a time, so what it holds is bounded by the page, not
+    /// by the set.
+    async fn entities_with_vectors(
+        &self,
+        feature_set_id: &str,
+        entity_ids: &[Id],
+    ) -> Result<Vec<Id>>;
+    async fn get_vector(&self, feature_set_id: &str, entity_id: &str) -> Result<FeatureVector>;
+    /// Top-k by cosine similarity, best first.
+    async fn nearest(&self, feature_set_id: &str, query: &NearestQuery) -> Result<Vec<Neighbor>>;
+}
+
+/// Everything a platform offers: the sum of the five entity traits. Implemented for every
+/// type that implements all five, so backends implement only those and callers keep holding
+/// `Arc<dyn Platform>` / `&dyn Platform`, on which every supertrait method is callable.
+pub trait Platform: Datasets + Models + Pipelines + Executions + Vectors + Send + Sync {}
+
+impl<T: Datasets + Models + Pipelines + Executions + Vectors + ?Sized> Platform for T {}
+
+/// The `resolve_*` methods: `by_id` when `id_or_name` is an id that exists, else `by_name`
+/// (its `NotFound` naming `id_or_name`). Each future runs only if awaited here.
+async fn resolve<T>(
+    by_id: impl Future<Output = Result<T>>,
+    by_name: impl Future<Output = Result<T>>,
+    kind: &'static str,
+    id_or_name: &str,
+) -> Result<T> {
+    if is_id(id_or_name) {
+        match by_id.await {
+            Err(StoreError::NotFound { .. }) => {}
+            other => return other,
+        }
+    }
+    by_name.await.map_err(|err| match err {
         StoreError::NotFound { .. } => StoreError::NotFound {
             kind,
-            id: what.to_string(),
+            id: id_or_name.to_string(),
         },
         other => other,
-    }
+    })
 }
 
 /// True for a 24-hex-digit id (Dataloop's format).
@@ -372,6 +410,23 @@ pub fn item_id_from_url(url: &str) -> Option<Id> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entity_traits_are_object_safe_and_platform_is_their_sum() {
+        fn platform<P: Platform + ?Sized>() {}
+        platform::<crate::LocalStore>();
+        platform::<crate::DataloopBackend>();
+        platform::<dyn Platform>();
+        fn object_safe(
+            _: Option<&dyn Datasets>,
+            _: Option<&dyn Models>,
+            _: Option<&dyn Pipelines>,
+            _: Option<&dyn Executions>,
+            _: Option<&dyn Vectors>,
+        ) {
+        }
+        object_safe(None, None, None, None, None);
+    }
 
     #[test]
     fn prompt_json_round_trip() {

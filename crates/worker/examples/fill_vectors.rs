@@ -3,7 +3,8 @@
 //! pseudo-random values under entity ids `{i:024x}` in a dataset named `bench-vectors`
 //! (no items: search answers ids and scores). Rerunning with a larger N adds the rest.
 
-use cliptune_store::{LocalStore, NewVector, Platform};
+use cliptune_store::prelude::*;
+use cliptune_store::{LocalStore, NewVector};
 use std::time::Instant;
 
 fn value(i: u64, dim: usize) -> Vec<f32> {

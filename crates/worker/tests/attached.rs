@@ -3,7 +3,8 @@
 
 mod pipeline_fixture;
 
-use cliptune_store::{ExecutionStatus, NewExecution, Platform};
+use cliptune_store::prelude::*;
+use cliptune_store::{ExecutionStatus, NewExecution};
 use cliptune_worker::attached::AttachRequest;
 use cliptune_worker::WorkerError;
 use pipeline_fixture as fx;

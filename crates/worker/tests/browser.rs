@@ -5,7 +5,8 @@
 
 mod search_fixture;
 
-use cliptune_store::{MetricPoint, MetricSample, Platform};
+use cliptune_store::prelude::*;
+use cliptune_store::{MetricPoint, MetricSample};
 use serde_json::{json, Value};
 use std::io::Read;
 use std::process::{Command, Stdio};

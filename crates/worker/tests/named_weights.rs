@@ -5,7 +5,8 @@
 
 mod pipeline_fixture;
 
-use cliptune_store::{ExecutionStatus, ModelStatus, NewModel, Platform};
+use cliptune_store::prelude::*;
+use cliptune_store::{ExecutionStatus, ModelStatus, NewModel};
 use cliptune_worker::Function;
 use pipeline_fixture as fx;
 use serde_json::{json, Value};

@@ -7,7 +7,7 @@ use http_json::get_json;
 use base64::Engine;
 use cliptune_clip::{checkpoint, ClipConfig};
 use cliptune_prep::Codec;
-use cliptune_store::Platform;
+use cliptune_store::prelude::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 

@@ -5,7 +5,8 @@
 mod pipeline_fixture;
 
 mod http_json;
-use cliptune_store::{ModelStatus, Platform};
+use cliptune_store::prelude::*;
+use cliptune_store::ModelStatus;
 use http_json::get_json;
 use pipeline_fixture as fx;
 use serde_json::{json, Value};

@@ -3,8 +3,9 @@
 
 mod pipeline_fixture;
 
+use cliptune_store::prelude::*;
 use cliptune_store::{
-    ExecutionPipeline, ExecutionProgress, ExecutionStatus, ModelStatus, NewExecution, Platform,
+    ExecutionPipeline, ExecutionProgress, ExecutionStatus, ModelStatus, NewExecution,
 };
 use cliptune_worker::Function;
 use pipeline_fixture as fx;

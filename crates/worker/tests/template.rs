@@ -6,9 +6,8 @@
 
 mod pipeline_fixture;
 
-use cliptune_store::{
-    Execution, ExecutionPipeline, ExecutionQuery, ExecutionStatus, NewExecution, Platform,
-};
+use cliptune_store::prelude::*;
+use cliptune_store::{Execution, ExecutionPipeline, ExecutionQuery, ExecutionStatus, NewExecution};
 use cliptune_worker::{pipeline, Function, Worker};
 use pipeline_fixture as fx;
 use serde_json::{json, Value};

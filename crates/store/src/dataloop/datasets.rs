@@ -1,9 +1,14 @@
-//! Datasets on Dataloop, and the project's Binaries dataset that holds artifacts.
+//! Dataset queries on Dataloop, and the project's Binaries dataset that holds artifacts.
+//! The [`Datasets`] impl, datasets with their items, is in items.rs.
 
 use super::*;
 
 impl DataloopBackend {
-    async fn datasets_named(&self, name: Option<&str>, system: bool) -> Result<Vec<Dataset>> {
+    pub(super) async fn datasets_named(
+        &self,
+        name: Option<&str>,
+        system: bool,
+    ) -> Result<Vec<Dataset>> {
         let filter = match name {
             Some(n) => json!({"name": n}),
             None => json!({}),
@@ -41,42 +46,5 @@ impl DataloopBackend {
             })
             .await
             .cloned()
-    }
-
-    pub(super) async fn create_dataset(&self, name: &str) -> Result<Dataset> {
-        rules::check_name("dataset", name)?;
-        if !self.datasets_named(Some(name), false).await?.is_empty() {
-            return Err(rules::name_exists("dataset", name));
-        }
-        let v = self
-            .gate
-            .json(Req::post(
-                "/datasets",
-                json!({"name": name, "projects": [self.project()]}),
-                Target::new("project", self.project()),
-            ))
-            .await?;
-        wire::dataset(v)
-    }
-
-    pub(super) async fn get_dataset(&self, id: &str) -> Result<Dataset> {
-        let path = format!("/datasets/{}", id_seg("dataset", id)?);
-        wire::dataset(
-            self.gate
-                .json(Req::get(path, Target::new("dataset", id)))
-                .await?,
-        )
-    }
-
-    pub(super) async fn dataset_by_name(&self, name: &str) -> Result<Dataset> {
-        self.datasets_named(Some(name), false)
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| StoreError::not_found("dataset", name))
-    }
-
-    pub(super) async fn list_datasets(&self) -> Result<Vec<Dataset>> {
-        self.datasets_named(None, false).await
     }
 }

@@ -49,8 +49,11 @@ impl DataloopBackend {
             _ => self.get_execution(id).await,
         }
     }
+}
 
-    pub(super) async fn create_execution(&self, execution: NewExecution) -> Result<Execution> {
+#[async_trait]
+impl Executions for DataloopBackend {
+    async fn create_execution(&self, execution: NewExecution) -> Result<Execution> {
         rules::check_new_execution(&execution)?;
         let service = self.service_for(&execution).await?;
         let input = if execution.input.is_null() {
@@ -83,7 +86,7 @@ impl DataloopBackend {
         )
     }
 
-    pub(super) async fn get_execution(&self, id: &str) -> Result<Execution> {
+    async fn get_execution(&self, id: &str) -> Result<Execution> {
         let path = format!("/executions/{}", id_seg("execution", id)?);
         wire::execution(
             self.gate
@@ -92,7 +95,7 @@ impl DataloopBackend {
         )
     }
 
-    pub(super) async fn list_executions(&self, query: &ExecutionQuery) -> Result<Vec<Execution>> {
+    async fn list_executions(&self, query: &ExecutionQuery) -> Result<Vec<Execution>> {
         let mut and = vec![json!({"projectId": self.project()})];
         if let Some(s) = query.status {
             and.push(json!({"latestStatus.status": s.as_str()}));
@@ -139,11 +142,7 @@ impl DataloopBackend {
         Ok(out)
     }
 
-    pub(super) async fn progress_execution(
-        &self,
-        id: &str,
-        progress: ExecutionProgress,
-    ) -> Result<Execution> {
+    async fn progress_execution(&self, id: &str, progress: ExecutionProgress) -> Result<Execution> {
         rules::check_progress(&progress)?;
         let current = self.get_execution(id).await?;
         rules::check_not_finished(id, current.status)?;
@@ -165,7 +164,7 @@ impl DataloopBackend {
         self.post_progress(id, Value::Object(body)).await
     }
 
-    pub(super) async fn rerun_execution(&self, id: &str) -> Result<Execution> {
+    async fn rerun_execution(&self, id: &str) -> Result<Execution> {
         let current = self.get_execution(id).await?;
         rules::check_rerun(id, current.status)?;
         let path = format!("/executions/{}/rerun", id_seg("execution", id)?);
@@ -185,7 +184,7 @@ impl DataloopBackend {
     }
 
     /// The progress endpoint has no error field: the error travels as the message.
-    pub(super) async fn finish_execution(
+    async fn finish_execution(
         &self,
         id: &str,
         status: ExecutionStatus,

@@ -45,10 +45,13 @@ impl DataloopBackend {
         }
         Ok(out)
     }
+}
 
+#[async_trait]
+impl Vectors for DataloopBackend {
     /// Looks the set up by model, creates it when missing (`POST /features/sets` answers an
     /// array). Two workers racing here can create two sets; the first found wins afterwards.
-    pub(super) async fn feature_set_for_model(
+    async fn feature_set_for_model(
         &self,
         model_id: &str,
         name: &str,
@@ -98,7 +101,7 @@ impl DataloopBackend {
         wire::feature_set(wire::first(v, "feature set")?)
     }
 
-    pub(super) async fn get_feature_set(&self, id: &str) -> Result<FeatureSet> {
+    async fn get_feature_set(&self, id: &str) -> Result<FeatureSet> {
         let path = format!("/features/sets/{}", id_seg("feature set", id)?);
         wire::feature_set(
             self.gate
@@ -107,7 +110,7 @@ impl DataloopBackend {
         )
     }
 
-    pub(super) async fn list_feature_sets(&self) -> Result<Vec<FeatureSet>> {
+    async fn list_feature_sets(&self) -> Result<Vec<FeatureSet>> {
         self.query_all(
             "/features/sets/query",
             "feature_sets",
@@ -124,7 +127,7 @@ impl DataloopBackend {
     /// Dataloop stores vectors by POST only. New vectors are written first, then the
     /// entities' previous vectors deleted: a failure in between leaves an extra (old)
     /// vector, never a missing one, and repeating the call converges.
-    pub(super) async fn upsert_vectors(
+    async fn upsert_vectors(
         &self,
         feature_set_id: &str,
         vectors: &[NewVector],
@@ -214,7 +217,7 @@ impl DataloopBackend {
         Ok(UpsertSummary { inserted, updated })
     }
 
-    pub(super) async fn vector_entities(
+    async fn vector_entities(
         &self,
         feature_set_id: &str,
         dataset_id: Option<&str>,
@@ -233,7 +236,7 @@ impl DataloopBackend {
         Ok(out)
     }
 
-    pub(super) async fn entities_with_vectors(
+    async fn entities_with_vectors(
         &self,
         feature_set_id: &str,
         entity_ids: &[Id],
@@ -249,11 +252,7 @@ impl DataloopBackend {
             .collect())
     }
 
-    pub(super) async fn get_vector(
-        &self,
-        feature_set_id: &str,
-        entity_id: &str,
-    ) -> Result<FeatureVector> {
+    async fn get_vector(&self, feature_set_id: &str, entity_id: &str) -> Result<FeatureVector> {
         self.get_feature_set(feature_set_id).await?;
         self.vectors_where(feature_set_id, vec![json!({"entityId": entity_id})])
             .await?
@@ -265,11 +264,7 @@ impl DataloopBackend {
     /// Dataloop ranks by euclidean distance (`$euclid`); for L2-normalised vectors (what the
     /// embed node writes) that is the cosine order. A pool of at least 4k candidates is
     /// re-ranked by cosine similarity computed from the returned vectors, which are the scores.
-    pub(super) async fn nearest(
-        &self,
-        feature_set_id: &str,
-        query: &NearestQuery,
-    ) -> Result<Vec<Neighbor>> {
+    async fn nearest(&self, feature_set_id: &str, query: &NearestQuery) -> Result<Vec<Neighbor>> {
         rules::check_nearest_query(query)?;
         let fs = self.get_feature_set(feature_set_id).await?;
         rules::check_query_vector(&query.vector, &fs)?;

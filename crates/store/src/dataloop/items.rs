@@ -1,4 +1,5 @@
-//! Items and annotations on Dataloop.
+//! Items and annotations on Dataloop, and the [`Datasets`] impl (datasets with their
+//! items; the dataset queries it builds on are in datasets.rs).
 
 use super::*;
 
@@ -36,10 +37,54 @@ impl DataloopBackend {
                 .await?,
         )
     }
+}
+
+#[async_trait]
+impl Datasets for DataloopBackend {
+    fn backend_name(&self) -> &'static str {
+        "dataloop"
+    }
+
+    async fn create_dataset(&self, name: &str) -> Result<Dataset> {
+        rules::check_name("dataset", name)?;
+        if !self.datasets_named(Some(name), false).await?.is_empty() {
+            return Err(rules::name_exists("dataset", name));
+        }
+        let v = self
+            .gate
+            .json(Req::post(
+                "/datasets",
+                json!({"name": name, "projects": [self.project()]}),
+                Target::new("project", self.project()),
+            ))
+            .await?;
+        wire::dataset(v)
+    }
+
+    async fn get_dataset(&self, id: &str) -> Result<Dataset> {
+        let path = format!("/datasets/{}", id_seg("dataset", id)?);
+        wire::dataset(
+            self.gate
+                .json(Req::get(path, Target::new("dataset", id)))
+                .await?,
+        )
+    }
+
+    async fn dataset_by_name(&self, name: &str) -> Result<Dataset> {
+        self.datasets_named(Some(name), false)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::not_found("dataset", name))
+    }
+
+    async fn list_datasets(&self) -> Result<Vec<Dataset>> {
+        self.datasets_named(None, false).await
+    }
 
     /// Multipart upload with `mode=overwrite` (an existing filename is replaced in place);
     /// a hidden item is then PATCHed hidden, as the upload form has no such field.
-    pub(super) async fn upload_item(&self, dataset_id: &str, item: NewItem) -> Result<Item> {
+    async fn upload_item(&self, dataset_id: &str, item: NewItem) -> Result<Item> {
         let ds = id_seg("dataset", dataset_id)?;
         // Same rules as the embedded store, so both backends accept the same names.
         let (filename, _, name) = rules::normalize_filename(&item.filename)?;
@@ -83,7 +128,7 @@ impl DataloopBackend {
         Ok(out)
     }
 
-    pub(super) async fn get_item(&self, id: &str) -> Result<Item> {
+    async fn get_item(&self, id: &str) -> Result<Item> {
         let path = format!("/items/{}", id_seg("item", id)?);
         wire::item(
             self.gate
@@ -94,17 +139,13 @@ impl DataloopBackend {
 
     /// Reads the item, then PATCHes only what differs (dtlpy's `items.update` sends its
     /// `DictDiffer` diff), adding `?system=true` only when that touches `metadata.system`.
-    pub(super) async fn update_item(&self, item: &Item) -> Result<Item> {
+    async fn update_item(&self, item: &Item) -> Result<Item> {
         rules::check_update_metadata(item)?;
         let current = self.get_item(&item.id).await?;
         self.patch_item(&current, item).await
     }
 
-    pub(super) async fn query_items(
-        &self,
-        dataset_id: &str,
-        query: &ItemQuery,
-    ) -> Result<ItemPage> {
+    async fn query_items(&self, dataset_id: &str, query: &ItemQuery) -> Result<ItemPage> {
         let ds = id_seg("dataset", dataset_id)?;
         rules::check_page_size(query.page_size)?;
         // A whole body (a model's stored subsets) contributes its filter, never itself.
@@ -134,7 +175,7 @@ impl DataloopBackend {
         })
     }
 
-    pub(super) async fn item_bytes(&self, id: &str) -> Result<Vec<u8>> {
+    async fn item_bytes(&self, id: &str) -> Result<Vec<u8>> {
         let mut req = Req::get(
             format!("/items/{}/stream", id_seg("item", id)?),
             Target::new("item", id),
@@ -143,7 +184,7 @@ impl DataloopBackend {
         self.gate.bytes(req).await
     }
 
-    pub(super) async fn annotations(&self, item_id: &str) -> Result<Vec<Annotation>> {
+    async fn annotations(&self, item_id: &str) -> Result<Vec<Annotation>> {
         let path = format!("/items/{}/annotations", id_seg("item", item_id)?);
         let v = self
             .gate
@@ -155,11 +196,7 @@ impl DataloopBackend {
             .collect()
     }
 
-    pub(super) async fn add_annotation(
-        &self,
-        item_id: &str,
-        annotation: NewAnnotation,
-    ) -> Result<Annotation> {
+    async fn add_annotation(&self, item_id: &str, annotation: NewAnnotation) -> Result<Annotation> {
         let path = format!("/items/{}/annotations", id_seg("item", item_id)?);
         let mut a = json!({
             "type": annotation.annotation_type,

@@ -1,4 +1,5 @@
-//! The Dataloop backend: [`Platform`] over Dataloop's REST API (the gate).
+//! The Dataloop backend: the store traits ([`crate::Platform`]) over Dataloop's REST API
+//! (the gate).
 //!
 //! Endpoints and body shapes follow `docs/dataloop-platform.md` (the `dtlpy` SDK and the
 //! OpenAPI spec); where the public sources leave a shape open, both forms are accepted and
@@ -8,11 +9,11 @@
 //! upserting vectors) is done in the order that never leaves a reader pointing at something
 //! missing; see the method docs.
 //!
-//! One file per entity (datasets, items, models, pipelines, executions, features), each an
-//! `impl DataloopBackend` block with that entity's requests; this file keeps the client, DQL
-//! paging and the `Platform` impl, which only delegates (one impl of a trait per type; the
-//! embedded store is laid out the same way). Validation shared with the embedded store lives
-//! in [`crate::rules`].
+//! One file per entity (datasets, items, models, pipelines, executions, features), each
+//! implementing that entity's store trait with its requests: [`Datasets`] (with items, in
+//! items.rs), [`Models`], [`Pipelines`], [`Executions`] and [`Vectors`] (features.rs); this
+//! file keeps the client and DQL paging. The embedded store is laid out the same way.
+//! Validation shared with the embedded store lives in [`crate::rules`].
 
 mod config;
 mod datasets;
@@ -29,7 +30,7 @@ pub use config::{DataloopAuth, DataloopConfig, ModelApp, DEFAULT_GATE_URL};
 
 use crate::entities::*;
 use crate::error::{Result, StoreError};
-use crate::platform::{is_id, Platform};
+use crate::platform::{is_id, Datasets, Executions, Models, Pipelines, Vectors};
 use crate::rules;
 use async_trait::async_trait;
 use http::{Body, Content, Gate, Req, Target};
@@ -46,7 +47,8 @@ const FAAS_PAGE_SIZE: u32 = 100;
 /// Guard against a gate that never stops saying `hasNextPage`.
 const MAX_PAGES: u32 = 100_000;
 
-/// [`Platform`] over Dataloop's REST API. Cheap to share: hold it in an `Arc<dyn Platform>`.
+/// The store traits over Dataloop's REST API. Cheap to share: hold it in an
+/// `Arc<dyn Platform>`.
 pub struct DataloopBackend {
     cfg: DataloopConfig,
     gate: Gate,
@@ -189,212 +191,5 @@ fn page_size(path: &str) -> u32 {
         FAAS_PAGE_SIZE
     } else {
         PAGE_SIZE
-    }
-}
-
-#[async_trait]
-impl Platform for DataloopBackend {
-    fn backend_name(&self) -> &'static str {
-        "dataloop"
-    }
-
-    async fn create_dataset(&self, name: &str) -> Result<Dataset> {
-        DataloopBackend::create_dataset(self, name).await
-    }
-
-    async fn get_dataset(&self, id: &str) -> Result<Dataset> {
-        DataloopBackend::get_dataset(self, id).await
-    }
-
-    async fn dataset_by_name(&self, name: &str) -> Result<Dataset> {
-        DataloopBackend::dataset_by_name(self, name).await
-    }
-
-    async fn list_datasets(&self) -> Result<Vec<Dataset>> {
-        DataloopBackend::list_datasets(self).await
-    }
-
-    async fn upload_item(&self, dataset_id: &str, item: NewItem) -> Result<Item> {
-        DataloopBackend::upload_item(self, dataset_id, item).await
-    }
-
-    async fn get_item(&self, id: &str) -> Result<Item> {
-        DataloopBackend::get_item(self, id).await
-    }
-
-    async fn update_item(&self, item: &Item) -> Result<Item> {
-        DataloopBackend::update_item(self, item).await
-    }
-
-    async fn query_items(&self, dataset_id: &str, query: &ItemQuery) -> Result<ItemPage> {
-        DataloopBackend::query_items(self, dataset_id, query).await
-    }
-
-    async fn item_bytes(&self, id: &str) -> Result<Vec<u8>> {
-        DataloopBackend::item_bytes(self, id).await
-    }
-
-    async fn annotations(&self, item_id: &str) -> Result<Vec<Annotation>> {
-        DataloopBackend::annotations(self, item_id).await
-    }
-
-    async fn add_annotation(&self, item_id: &str, annotation: NewAnnotation) -> Result<Annotation> {
-        DataloopBackend::add_annotation(self, item_id, annotation).await
-    }
-
-    async fn create_model(&self, model: NewModel) -> Result<Model> {
-        DataloopBackend::create_model(self, model).await
-    }
-
-    async fn get_model(&self, id: &str) -> Result<Model> {
-        DataloopBackend::get_model(self, id).await
-    }
-
-    async fn model_by_name(&self, name: &str) -> Result<Model> {
-        DataloopBackend::model_by_name(self, name).await
-    }
-
-    async fn list_models(&self) -> Result<Vec<Model>> {
-        DataloopBackend::list_models(self).await
-    }
-
-    async fn clone_model(&self, id: &str, options: CloneModel) -> Result<Model> {
-        DataloopBackend::clone_model(self, id, options).await
-    }
-
-    async fn update_model(&self, model: &Model) -> Result<Model> {
-        DataloopBackend::update_model(self, model).await
-    }
-
-    async fn upload_artifacts(&self, id: &str, dir: &Path) -> Result<Model> {
-        DataloopBackend::upload_artifacts(self, id, dir).await
-    }
-
-    async fn download_artifacts(&self, id: &str, dir: &Path) -> Result<()> {
-        DataloopBackend::download_artifacts(self, id, dir).await
-    }
-
-    async fn publish_metrics(&self, samples: &[MetricSample]) -> Result<usize> {
-        DataloopBackend::publish_metrics(self, samples).await
-    }
-
-    async fn list_metrics(&self, model_id: &str) -> Result<Vec<MetricSample>> {
-        DataloopBackend::list_metrics(self, model_id).await
-    }
-
-    async fn create_pipeline(&self, pipeline: NewPipeline) -> Result<Pipeline> {
-        DataloopBackend::create_pipeline(self, pipeline).await
-    }
-
-    async fn get_pipeline(&self, id: &str) -> Result<Pipeline> {
-        DataloopBackend::get_pipeline(self, id).await
-    }
-
-    async fn pipeline_by_name(&self, name: &str) -> Result<Pipeline> {
-        DataloopBackend::pipeline_by_name(self, name).await
-    }
-
-    async fn list_pipelines(&self) -> Result<Vec<Pipeline>> {
-        DataloopBackend::list_pipelines(self).await
-    }
-
-    async fn get_variables(&self, pipeline_id: &str) -> Result<Vec<Variable>> {
-        DataloopBackend::get_variables(self, pipeline_id).await
-    }
-
-    async fn update_variables(
-        &self,
-        pipeline_id: &str,
-        updates: &[VariableUpdate],
-    ) -> Result<Vec<Variable>> {
-        DataloopBackend::update_variables(self, pipeline_id, updates).await
-    }
-
-    async fn promote_model_variable(
-        &self,
-        pipeline_id: &str,
-        variable: &str,
-        model_id: &str,
-    ) -> Result<Variable> {
-        DataloopBackend::promote_model_variable(self, pipeline_id, variable, model_id).await
-    }
-
-    async fn create_execution(&self, execution: NewExecution) -> Result<Execution> {
-        DataloopBackend::create_execution(self, execution).await
-    }
-
-    async fn get_execution(&self, id: &str) -> Result<Execution> {
-        DataloopBackend::get_execution(self, id).await
-    }
-
-    async fn list_executions(&self, query: &ExecutionQuery) -> Result<Vec<Execution>> {
-        DataloopBackend::list_executions(self, query).await
-    }
-
-    async fn progress_execution(&self, id: &str, progress: ExecutionProgress) -> Result<Execution> {
-        DataloopBackend::progress_execution(self, id, progress).await
-    }
-
-    async fn rerun_execution(&self, id: &str) -> Result<Execution> {
-        DataloopBackend::rerun_execution(self, id).await
-    }
-
-    async fn finish_execution(
-        &self,
-        id: &str,
-        status: ExecutionStatus,
-        output: Option<Value>,
-        error: Option<String>,
-    ) -> Result<Execution> {
-        DataloopBackend::finish_execution(self, id, status, output, error).await
-    }
-
-    async fn feature_set_for_model(
-        &self,
-        model_id: &str,
-        name: &str,
-        size: u32,
-    ) -> Result<FeatureSet> {
-        DataloopBackend::feature_set_for_model(self, model_id, name, size).await
-    }
-
-    async fn get_feature_set(&self, id: &str) -> Result<FeatureSet> {
-        DataloopBackend::get_feature_set(self, id).await
-    }
-
-    async fn list_feature_sets(&self) -> Result<Vec<FeatureSet>> {
-        DataloopBackend::list_feature_sets(self).await
-    }
-
-    async fn upsert_vectors(
-        &self,
-        feature_set_id: &str,
-        vectors: &[NewVector],
-    ) -> Result<UpsertSummary> {
-        DataloopBackend::upsert_vectors(self, feature_set_id, vectors).await
-    }
-
-    async fn vector_entities(
-        &self,
-        feature_set_id: &str,
-        dataset_id: Option<&str>,
-    ) -> Result<Vec<Id>> {
-        DataloopBackend::vector_entities(self, feature_set_id, dataset_id).await
-    }
-
-    async fn entities_with_vectors(
-        &self,
-        feature_set_id: &str,
-        entity_ids: &[Id],
-    ) -> Result<Vec<Id>> {
-        DataloopBackend::entities_with_vectors(self, feature_set_id, entity_ids).await
-    }
-
-    async fn get_vector(&self, feature_set_id: &str, entity_id: &str) -> Result<FeatureVector> {
-        DataloopBackend::get_vector(self, feature_set_id, entity_id).await
-    }
-
-    async fn nearest(&self, feature_set_id: &str, query: &NearestQuery) -> Result<Vec<Neighbor>> {
-        DataloopBackend::nearest(self, feature_set_id, query).await
     }
 }

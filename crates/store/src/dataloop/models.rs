@@ -119,8 +119,11 @@ impl DataloopBackend {
         }
         Err(rules::names_exhausted(stem))
     }
+}
 
-    pub(super) async fn create_model(&self, model: NewModel) -> Result<Model> {
+#[async_trait]
+impl Models for DataloopBackend {
+    async fn create_model(&self, model: NewModel) -> Result<Model> {
         rules::check_name("model", &model.name)?;
         match self.model_by_name(&model.name).await {
             Ok(_) => return Err(rules::name_exists("model", &model.name)),
@@ -166,12 +169,12 @@ impl DataloopBackend {
         self.finish_model(wire::model(v)?).await
     }
 
-    pub(super) async fn get_model(&self, id: &str) -> Result<Model> {
+    async fn get_model(&self, id: &str) -> Result<Model> {
         let raw = self.model_raw(id).await?;
         self.finish_model(wire::model(Value::Object(raw))?).await
     }
 
-    pub(super) async fn model_by_name(&self, name: &str) -> Result<Model> {
+    async fn model_by_name(&self, name: &str) -> Result<Model> {
         let found = self
             .models_where(Some(json!({"name": name})))
             .await?
@@ -181,7 +184,7 @@ impl DataloopBackend {
         self.finish_model(found).await
     }
 
-    pub(super) async fn list_models(&self) -> Result<Vec<Model>> {
+    async fn list_models(&self) -> Result<Vec<Model>> {
         let mut out = Vec::new();
         for w in self.models_where(None).await? {
             out.push(self.finish_model(w).await?);
@@ -192,7 +195,7 @@ impl DataloopBackend {
     /// `POST /ml/models/{id}/clone`, then polls while the clone is `cloning`. Dataloop's clone
     /// may carry the source's artifact references; they are dropped (the source keeps them),
     /// so the clone starts without artifacts as the trait requires.
-    pub(super) async fn clone_model(&self, id: &str, options: CloneModel) -> Result<Model> {
+    async fn clone_model(&self, id: &str, options: CloneModel) -> Result<Model> {
         let base_raw = self.model_raw(id).await?;
         // dtlpy's model.clone sends these from the source model.
         let inherited: Vec<(&str, Value)> = ["packageId", "outputType", "inputType"]
@@ -274,7 +277,7 @@ impl DataloopBackend {
 
     /// GETs the model and PATCHes it back whole (as the SDK does), so fields cliptune does
     /// not know (package, app, ...) are preserved.
-    pub(super) async fn update_model(&self, model: &Model) -> Result<Model> {
+    async fn update_model(&self, model: &Model) -> Result<Model> {
         rules::check_name("model", &model.name)?;
         let mut raw = self.model_raw(&model.id).await?;
         let current = wire::model(Value::Object(raw.clone()))?.model;
@@ -311,7 +314,7 @@ impl DataloopBackend {
     /// (overwriting), then points the model at the new items, then deletes this model's
     /// stale artifact items. A crash in between leaves the model pointing at complete
     /// files (old or new), never at deleted ones.
-    pub(super) async fn upload_artifacts(&self, id: &str, dir: &Path) -> Result<Model> {
+    async fn upload_artifacts(&self, id: &str, dir: &Path) -> Result<Model> {
         let raw = self.model_raw(id).await?;
         let current = wire::model(Value::Object(raw.clone()))?;
         let name = current.model.name.clone();
@@ -414,7 +417,7 @@ impl DataloopBackend {
 
     /// Streams each artifact item into `dir/<path>` (via a `.partial` file, renamed when
     /// complete) and checks its SHA-256 when one was recorded.
-    pub(super) async fn download_artifacts(&self, id: &str, dir: &Path) -> Result<()> {
+    async fn download_artifacts(&self, id: &str, dir: &Path) -> Result<()> {
         let w = wire::model(Value::Object(self.model_raw(id).await?))?;
         let (files, missing) = self.artifact_files(&w.model.name, &w.artifacts).await?;
         if let Some(m) = missing.first() {
@@ -478,7 +481,7 @@ impl DataloopBackend {
         Ok(())
     }
 
-    pub(super) async fn publish_metrics(&self, samples: &[MetricSample]) -> Result<usize> {
+    async fn publish_metrics(&self, samples: &[MetricSample]) -> Result<usize> {
         if samples.is_empty() {
             return Ok(0);
         }
@@ -530,7 +533,7 @@ impl DataloopBackend {
         Ok(ok.map_or(samples.len(), |n| n as usize))
     }
 
-    pub(super) async fn list_metrics(&self, model_id: &str) -> Result<Vec<MetricSample>> {
+    async fn list_metrics(&self, model_id: &str) -> Result<Vec<MetricSample>> {
         self.model_raw(model_id).await?;
         let mut extra = Map::new();
         extra.insert("sort".into(), json!({"createdAt": "ascending"}));

@@ -58,8 +58,11 @@ impl DataloopBackend {
         };
         Ok(vars)
     }
+}
 
-    pub(super) async fn create_pipeline(&self, pipeline: NewPipeline) -> Result<Pipeline> {
+#[async_trait]
+impl Pipelines for DataloopBackend {
+    async fn create_pipeline(&self, pipeline: NewPipeline) -> Result<Pipeline> {
         rules::check_new_pipeline(&pipeline)?;
         match self.pipeline_by_name(&pipeline.name).await {
             Ok(_) => return Err(rules::name_exists("pipeline", &pipeline.name)),
@@ -96,11 +99,11 @@ impl DataloopBackend {
         )
     }
 
-    pub(super) async fn get_pipeline(&self, id: &str) -> Result<Pipeline> {
+    async fn get_pipeline(&self, id: &str) -> Result<Pipeline> {
         self.pipeline_raw(id).await
     }
 
-    pub(super) async fn pipeline_by_name(&self, name: &str) -> Result<Pipeline> {
+    async fn pipeline_by_name(&self, name: &str) -> Result<Pipeline> {
         let filter = json!({"$and": [{"projectId": self.project()}, {"name": name}]});
         self.query_all(
             "/pipelines/query",
@@ -116,7 +119,7 @@ impl DataloopBackend {
         .unwrap_or_else(|| Err(StoreError::not_found("pipeline", name)))
     }
 
-    pub(super) async fn list_pipelines(&self) -> Result<Vec<Pipeline>> {
+    async fn list_pipelines(&self) -> Result<Vec<Pipeline>> {
         self.query_all(
             "/pipelines/query",
             "pipeline",
@@ -130,12 +133,12 @@ impl DataloopBackend {
         .collect()
     }
 
-    pub(super) async fn get_variables(&self, pipeline_id: &str) -> Result<Vec<Variable>> {
+    async fn get_variables(&self, pipeline_id: &str) -> Result<Vec<Variable>> {
         Ok(self.pipeline_raw(pipeline_id).await?.variables)
     }
 
     /// All names are checked before the single PATCH, so either every value changes or none.
-    pub(super) async fn update_variables(
+    async fn update_variables(
         &self,
         pipeline_id: &str,
         updates: &[VariableUpdate],
@@ -159,7 +162,7 @@ impl DataloopBackend {
     /// must be usable (trained, pre-trained or deployed) with every artifact item present,
     /// and only then is the variable PATCHed. A model changed by someone else between the
     /// check and the PATCH is not detected (documented in docs/dataloop.md).
-    pub(super) async fn promote_model_variable(
+    async fn promote_model_variable(
         &self,
         pipeline_id: &str,
         variable: &str,

@@ -56,8 +56,9 @@ fn save_execution(conn: &Connection, e: &Execution) -> Result<()> {
     Ok(())
 }
 
-impl LocalStore {
-    pub(super) async fn create_execution(&self, e: NewExecution) -> Result<Execution> {
+#[async_trait]
+impl Executions for LocalStore {
+    async fn create_execution(&self, e: NewExecution) -> Result<Execution> {
         rules::check_new_execution(&e)?;
         self.db
             .write(move |t| {
@@ -91,12 +92,12 @@ impl LocalStore {
             .await
     }
 
-    pub(super) async fn get_execution(&self, id: &str) -> Result<Execution> {
+    async fn get_execution(&self, id: &str) -> Result<Execution> {
         let id = id.to_string();
         self.db.read(move |c| execution_by_id(c, &id)).await
     }
 
-    pub(super) async fn list_executions(&self, q: &ExecutionQuery) -> Result<Vec<Execution>> {
+    async fn list_executions(&self, q: &ExecutionQuery) -> Result<Vec<Execution>> {
         let q = q.clone();
         self.db
             .read(move |c| {
@@ -135,11 +136,7 @@ impl LocalStore {
             .await
     }
 
-    pub(super) async fn progress_execution(
-        &self,
-        id: &str,
-        p: ExecutionProgress,
-    ) -> Result<Execution> {
+    async fn progress_execution(&self, id: &str, p: ExecutionProgress) -> Result<Execution> {
         rules::check_progress(&p)?;
         let id = id.to_string();
         self.db
@@ -177,7 +174,7 @@ impl LocalStore {
             .await
     }
 
-    pub(super) async fn finish_execution(
+    async fn finish_execution(
         &self,
         id: &str,
         status: ExecutionStatus,
@@ -215,7 +212,7 @@ impl LocalStore {
             .await
     }
 
-    pub(super) async fn rerun_execution(&self, id: &str) -> Result<Execution> {
+    async fn rerun_execution(&self, id: &str) -> Result<Execution> {
         let id = id.to_string();
         self.db
             .write(move |t| {

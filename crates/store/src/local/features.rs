@@ -27,8 +27,9 @@ fn feature_set_by_id(conn: &Connection, id: &str) -> Result<FeatureSet> {
     .ok_or_else(|| StoreError::not_found("feature set", id))
 }
 
-impl LocalStore {
-    pub(super) async fn feature_set_for_model(
+#[async_trait]
+impl Vectors for LocalStore {
+    async fn feature_set_for_model(
         &self,
         model_id: &str,
         name: &str,
@@ -65,12 +66,12 @@ impl LocalStore {
             .await
     }
 
-    pub(super) async fn get_feature_set(&self, id: &str) -> Result<FeatureSet> {
+    async fn get_feature_set(&self, id: &str) -> Result<FeatureSet> {
         let id = id.to_string();
         self.db.read(move |c| feature_set_by_id(c, &id)).await
     }
 
-    pub(super) async fn list_feature_sets(&self) -> Result<Vec<FeatureSet>> {
+    async fn list_feature_sets(&self) -> Result<Vec<FeatureSet>> {
         self.db
             .read(|c| {
                 let mut stmt = c.prepare(&format!(
@@ -84,7 +85,7 @@ impl LocalStore {
             .await
     }
 
-    pub(super) async fn upsert_vectors(
+    async fn upsert_vectors(
         &self,
         feature_set_id: &str,
         vectors: &[NewVector],
@@ -132,7 +133,7 @@ impl LocalStore {
             .await
     }
 
-    pub(super) async fn vector_entities(
+    async fn vector_entities(
         &self,
         feature_set_id: &str,
         dataset_id: Option<&str>,
@@ -153,7 +154,7 @@ impl LocalStore {
             .await
     }
 
-    pub(super) async fn entities_with_vectors(
+    async fn entities_with_vectors(
         &self,
         feature_set_id: &str,
         entity_ids: &[Id],
@@ -181,11 +182,7 @@ impl LocalStore {
             .await
     }
 
-    pub(super) async fn get_vector(
-        &self,
-        feature_set_id: &str,
-        entity_id: &str,
-    ) -> Result<FeatureVector> {
+    async fn get_vector(&self, feature_set_id: &str, entity_id: &str) -> Result<FeatureVector> {
         let (fs_id, entity) = (feature_set_id.to_string(), entity_id.to_string());
         self.db
             .read(move |c| {
@@ -210,11 +207,7 @@ impl LocalStore {
             .await
     }
 
-    pub(super) async fn nearest(
-        &self,
-        feature_set_id: &str,
-        q: &NearestQuery,
-    ) -> Result<Vec<Neighbor>> {
+    async fn nearest(&self, feature_set_id: &str, q: &NearestQuery) -> Result<Vec<Neighbor>> {
         rules::check_nearest_query(q)?;
         let filter = match &q.filter {
             Some(f) => Some(Filter::parse_given(Some(f))?),

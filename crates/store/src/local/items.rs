@@ -1,5 +1,7 @@
-//! Items and their annotations in the embedded store, and the upsert imports share.
+//! Items and their annotations in the embedded store, the upsert imports share, and the
+//! [`Datasets`] impl (datasets with their items; dataset rows are in datasets.rs).
 
+use super::datasets::{dataset_row, DATASET_COLS};
 use super::*;
 
 pub(crate) const ITEM_COLS: &str = "id, dataset_id, dir, filename, name, type, hidden, description,
@@ -208,8 +210,50 @@ pub(crate) fn set_free_text_tx(conn: &Connection, item: &Item, texts: &[String])
     Ok(true)
 }
 
-impl LocalStore {
-    pub(super) async fn upload_item(&self, dataset_id: &str, item: NewItem) -> Result<Item> {
+#[async_trait]
+impl Datasets for LocalStore {
+    fn backend_name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn create_dataset(&self, name: &str) -> Result<Dataset> {
+        rules::check_name("dataset", name)?;
+        let name = name.trim().to_string();
+        self.db
+            .write(move |t| {
+                if name_taken(t, "datasets", &name)? {
+                    return Err(rules::name_exists("dataset", &name));
+                }
+                insert_dataset(t, &name)
+            })
+            .await
+    }
+
+    async fn get_dataset(&self, id: &str) -> Result<Dataset> {
+        let id = id.to_string();
+        self.db.read(move |c| dataset_by(c, "id", &id)).await
+    }
+
+    async fn dataset_by_name(&self, name: &str) -> Result<Dataset> {
+        let name = name.to_string();
+        self.db.read(move |c| dataset_by(c, "name", &name)).await
+    }
+
+    async fn list_datasets(&self) -> Result<Vec<Dataset>> {
+        self.db
+            .read(|c| {
+                let mut stmt = c.prepare(&format!(
+                    "SELECT {DATASET_COLS} FROM datasets ORDER BY name"
+                ))?;
+                let v = stmt
+                    .query_map([], dataset_row)?
+                    .collect::<rusqlite::Result<_>>()?;
+                Ok(v)
+            })
+            .await
+    }
+
+    async fn upload_item(&self, dataset_id: &str, item: NewItem) -> Result<Item> {
         let (filename, _, _) = normalize_filename(&item.filename)?;
         rules::check_metadata(format_args!("item {filename}"), &item.metadata)?;
         let blob = self.blobs.put_bytes(&item.bytes, true)?;
@@ -235,12 +279,12 @@ impl LocalStore {
             .await
     }
 
-    pub(super) async fn get_item(&self, id: &str) -> Result<Item> {
+    async fn get_item(&self, id: &str) -> Result<Item> {
         let id = id.to_string();
         self.db.read(move |c| get_item_tx(c, &id)).await
     }
 
-    pub(super) async fn update_item(&self, item: &Item) -> Result<Item> {
+    async fn update_item(&self, item: &Item) -> Result<Item> {
         let mut item = item.clone();
         rules::check_update_metadata(&item)?;
         self.db
@@ -276,11 +320,7 @@ impl LocalStore {
             .await
     }
 
-    pub(super) async fn query_items(
-        &self,
-        dataset_id: &str,
-        query: &ItemQuery,
-    ) -> Result<ItemPage> {
+    async fn query_items(&self, dataset_id: &str, query: &ItemQuery) -> Result<ItemPage> {
         rules::check_page_size(query.page_size)?;
         // A bare filter or a whole body (a model's subsets are stored as Dataloop bodies).
         let filter = Filter::parse_given(query.filter.as_ref())?;
@@ -314,12 +354,12 @@ impl LocalStore {
             .await
     }
 
-    pub(super) async fn item_bytes(&self, id: &str) -> Result<Vec<u8>> {
+    async fn item_bytes(&self, id: &str) -> Result<Vec<u8>> {
         let path = self.item_path(id).await?;
         tokio_read(path).await
     }
 
-    pub(super) async fn annotations(&self, item_id: &str) -> Result<Vec<Annotation>> {
+    async fn annotations(&self, item_id: &str) -> Result<Vec<Annotation>> {
         let item_id = item_id.to_string();
         self.db
             .read(move |c| {
@@ -336,11 +376,7 @@ impl LocalStore {
             .await
     }
 
-    pub(super) async fn add_annotation(
-        &self,
-        item_id: &str,
-        annotation: NewAnnotation,
-    ) -> Result<Annotation> {
+    async fn add_annotation(&self, item_id: &str, annotation: NewAnnotation) -> Result<Annotation> {
         let item_id = item_id.to_string();
         self.db
             .write(move |t| {

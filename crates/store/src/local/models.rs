@@ -96,8 +96,9 @@ fn artifact_dest(dir: &Path, rel: &str) -> Result<PathBuf> {
     Ok(dir.join(p))
 }
 
-impl LocalStore {
-    pub(super) async fn create_model(&self, model: NewModel) -> Result<Model> {
+#[async_trait]
+impl Models for LocalStore {
+    async fn create_model(&self, model: NewModel) -> Result<Model> {
         rules::check_name("model", &model.name)?;
         self.db
             .write(move |t| {
@@ -125,17 +126,17 @@ impl LocalStore {
             .await
     }
 
-    pub(super) async fn get_model(&self, id: &str) -> Result<Model> {
+    async fn get_model(&self, id: &str) -> Result<Model> {
         let id = id.to_string();
         self.db.read(move |c| model_by(c, "id", &id)).await
     }
 
-    pub(super) async fn model_by_name(&self, name: &str) -> Result<Model> {
+    async fn model_by_name(&self, name: &str) -> Result<Model> {
         let name = name.to_string();
         self.db.read(move |c| model_by(c, "name", &name)).await
     }
 
-    pub(super) async fn list_models(&self) -> Result<Vec<Model>> {
+    async fn list_models(&self) -> Result<Vec<Model>> {
         self.db
             .read(|c| {
                 let mut stmt = c.prepare(&format!(
@@ -149,7 +150,7 @@ impl LocalStore {
             .await
     }
 
-    pub(super) async fn clone_model(&self, id: &str, options: CloneModel) -> Result<Model> {
+    async fn clone_model(&self, id: &str, options: CloneModel) -> Result<Model> {
         let id = id.to_string();
         let stamp = name_timestamp(now_secs());
         self.db
@@ -206,7 +207,7 @@ impl LocalStore {
             .await
     }
 
-    pub(super) async fn update_model(&self, model: &Model) -> Result<Model> {
+    async fn update_model(&self, model: &Model) -> Result<Model> {
         let m = model.clone();
         rules::check_name("model", &m.name)?;
         self.db
@@ -241,7 +242,7 @@ impl LocalStore {
             .await
     }
 
-    pub(super) async fn upload_artifacts(&self, id: &str, dir: &Path) -> Result<Model> {
+    async fn upload_artifacts(&self, id: &str, dir: &Path) -> Result<Model> {
         self.get_model(id).await?;
         let files = walk_files(dir)?;
         if files.is_empty() {
@@ -280,7 +281,7 @@ impl LocalStore {
             .await
     }
 
-    pub(super) async fn download_artifacts(&self, id: &str, dir: &Path) -> Result<()> {
+    async fn download_artifacts(&self, id: &str, dir: &Path) -> Result<()> {
         let model = self.get_model(id).await?;
         if model.artifacts.is_empty() {
             return Err(StoreError::Conflict(format!(
@@ -306,7 +307,7 @@ impl LocalStore {
         .await
     }
 
-    pub(super) async fn publish_metrics(&self, samples: &[MetricSample]) -> Result<usize> {
+    async fn publish_metrics(&self, samples: &[MetricSample]) -> Result<usize> {
         rules::check_metric_samples(samples)?;
         let samples = samples.to_vec();
         self.db
@@ -324,7 +325,7 @@ impl LocalStore {
             .await
     }
 
-    pub(super) async fn list_metrics(&self, model_id: &str) -> Result<Vec<MetricSample>> {
+    async fn list_metrics(&self, model_id: &str) -> Result<Vec<MetricSample>> {
         let model_id = model_id.to_string();
         self.db
             .read(move |c| {

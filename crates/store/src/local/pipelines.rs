@@ -48,8 +48,9 @@ fn pipeline_by(conn: &Connection, col: &str, key: &str) -> Result<Pipeline> {
     Ok(p)
 }
 
-impl LocalStore {
-    pub(super) async fn create_pipeline(&self, p: NewPipeline) -> Result<Pipeline> {
+#[async_trait]
+impl Pipelines for LocalStore {
+    async fn create_pipeline(&self, p: NewPipeline) -> Result<Pipeline> {
         rules::check_new_pipeline(&p)?;
         self.db
             .write(move |t| {
@@ -73,17 +74,17 @@ impl LocalStore {
             .await
     }
 
-    pub(super) async fn get_pipeline(&self, id: &str) -> Result<Pipeline> {
+    async fn get_pipeline(&self, id: &str) -> Result<Pipeline> {
         let id = id.to_string();
         self.db.read(move |c| pipeline_by(c, "id", &id)).await
     }
 
-    pub(super) async fn pipeline_by_name(&self, name: &str) -> Result<Pipeline> {
+    async fn pipeline_by_name(&self, name: &str) -> Result<Pipeline> {
         let name = name.to_string();
         self.db.read(move |c| pipeline_by(c, "name", &name)).await
     }
 
-    pub(super) async fn list_pipelines(&self) -> Result<Vec<Pipeline>> {
+    async fn list_pipelines(&self) -> Result<Vec<Pipeline>> {
         self.db
             .read(|c| {
                 let ids: Vec<String> = c
@@ -95,11 +96,11 @@ impl LocalStore {
             .await
     }
 
-    pub(super) async fn get_variables(&self, pipeline_id: &str) -> Result<Vec<Variable>> {
+    async fn get_variables(&self, pipeline_id: &str) -> Result<Vec<Variable>> {
         Ok(self.get_pipeline(pipeline_id).await?.variables)
     }
 
-    pub(super) async fn update_variables(
+    async fn update_variables(
         &self,
         pipeline_id: &str,
         updates: &[VariableUpdate],
@@ -130,7 +131,7 @@ impl LocalStore {
             .await
     }
 
-    pub(super) async fn promote_model_variable(
+    async fn promote_model_variable(
         &self,
         pipeline_id: &str,
         variable: &str,

@@ -138,7 +138,7 @@ pub enum Raw {
 }
 
 /// What an item contributes to embedding: its image, or for text and prompt items their
-/// caption's text (as [`Platform::caption`] resolves it), or why it has none.
+/// caption's text (as [`cliptune_store::Datasets::caption`] resolves it), or why it has none.
 pub async fn read_item(platform: &dyn Platform, item: &Item) -> std::result::Result<Raw, String> {
     match item.kind() {
         ItemKind::Image => platform

@@ -1,10 +1,10 @@
 //! *Embeddings*: one L2-normalised vector per item in the feature set of the model.
 //!
 //! Images go through the image tower; text items and prompt items go through the text tower
-//! (a prompt item's text is its caption as [`Platform::caption`] resolves it). The model is
-//! the input's, else the pipeline's "Newest CLIP model" at run time. Items that already
-//! have a vector in the set are skipped, so a rerun (or a re-queued execution) only embeds
-//! what is missing and never duplicates; unreadable items are reported, not fatal.
+//! (a prompt item's text is its caption as [`cliptune_store::Datasets::caption`] resolves
+//! it). The model is the input's, else the pipeline's "Newest CLIP model" at run time. Items
+//! that already have a vector in the set are skipped, so a rerun (or a re-queued execution)
+//! only embeds what is missing and never duplicates; unreadable items are reported, not fatal.
 //!
 //! The online form of `POST /embed` (texts and images in the request) is served by the
 //! batcher (crate::http::online), outside the execution queue. Both read and encode through

@@ -1,9 +1,10 @@
 //! *Train*: fine-tunes a `created` model on its dataset's train/validation subsets.
 //!
 //! Status `training` -> pairs resolved through the platform (subset DQL filters from
-//! `metadata.system.subsets`, captions by [`Platform::caption`], image bytes fetched on
-//! the trainer's decode threads) -> the training engine on the device thread, with progress
-//! per step and metric samples per epoch -> artifacts uploaded -> status `trained`.
+//! `metadata.system.subsets`, captions by [`cliptune_store::Datasets::caption`], image
+//! bytes fetched on the trainer's decode threads) -> the training engine on the device
+//! thread, with progress per step and metric samples per epoch -> artifacts uploaded ->
+//! status `trained`.
 //! Any failure marks the model `failed`, so "Newest CLIP model" can never point at it.
 //! A shutdown stops at a step boundary and leaves the model `training`: the run directory
 //! is per model, so the re-queued execution resumes from the last completed epoch.
