@@ -15,9 +15,19 @@ async fn online_query_and_embed_node_give_identical_vectors() {
     let caption = "a note about two red circles";
     let mut fp32_image: Option<Vec<u32>> = None;
     for precision in [Precision::Fp32, Precision::Bf16] {
-        // A worker per precision, its models' feature sets filled at that precision.
+        // A worker per precision.
         let f = search_fixture::start_with(|c| c.embed_precision = precision.to_string()).await;
-        let (store, worker, model) = (&f.store, &f.worker, &f.base);
+        let (store, worker) = (&f.store, &f.worker);
+        // A model of its own, so that its vectors are the embed node's over these two items
+        // (a batch's make-up changes the last bits).
+        let model = &cliptune_worker::demo::tiny_model(
+            &**store,
+            &format!("tiny-{precision}"),
+            0,
+            &f.dir.path().join("weights"),
+        )
+        .await
+        .unwrap();
         assert_eq!(worker.embed_precision, precision);
         let text_item = store
             .upload_item(
