@@ -1,12 +1,12 @@
 //! `cliptune embed`: text and image embeddings from any checkpoint `models import` accepts,
-//! through the worker's inference path (crate cliptune_worker::infer), so they equal what
+//! through the worker's inference path (`cliptune_worker::LocalEncoder`), so they equal what
 //! the embed node stores and what a query gets at the same precision.
 
 use crate::{models, output, Ctx};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use cliptune_clip::{checkpoint, parse_device, LoadOptions, Precision};
-use cliptune_worker::infer::{Input, LocalEncoder, Prepared};
+use cliptune_worker::{Input, LocalEncoder, Prepared};
 use serde::Serialize;
 use std::path::PathBuf;
 

@@ -260,10 +260,8 @@ fn register_dir(
             },
         )
         .await?;
-        let mut uploaded = store.upload_artifacts(&created.id, dir).await?;
-        // The status moves on only once the artifacts are stored.
-        uploaded.status = status;
-        anyhow::Ok(store.update_model(&uploaded).await?)
+        // The train node's path: the status moves on only once the artifacts are stored.
+        anyhow::Ok(cliptune_worker::store_weights(&store, &created.id, dir, status, |_| {}).await?)
     })?;
     Ok(ModelEntry {
         id: model.id,
@@ -345,10 +343,8 @@ pub fn resolve(ctx: &Ctx, model: &str) -> Result<PathBuf> {
     }
     // The worker's cache (its work directory is this home): a model downloaded by a
     // `serve` or an `embed-dataset` is not downloaded again here, nor the other way round.
-    block_on(cliptune_worker::infer::weights::local(
-        &store, &ctx.home, None, &m,
-    ))
-    .with_context(|| format!("downloading the artifacts of model {}", m.name))
+    block_on(cliptune_worker::local_weights(&store, &ctx.home, None, &m))
+        .with_context(|| format!("downloading the artifacts of model {}", m.name))
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@ use crate::{output, Ctx};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use cliptune_store::prelude::*;
-use cliptune_store::{Execution, ExecutionQuery, ExecutionStatus, LocalStore, NearestQuery};
-use cliptune_worker::{pipeline, Function, Worker, WorkerConfig};
+use cliptune_store::{Execution, ExecutionQuery, ExecutionStatus, LocalStore};
+use cliptune_worker::{Function, Worker, WorkerConfig};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -116,9 +116,9 @@ pub fn run(ctx: &Ctx, cmd: PipelineCommand) -> Result<()> {
             template,
             name,
         } => {
-            let manifest_json = pipeline::read_manifest(manifest.as_deref())?;
+            let manifest_json = cliptune_worker::read_manifest(manifest.as_deref())?;
             let store = LocalStore::open(&ctx.home)?;
-            let installed = runtime()?.block_on(pipeline::install(
+            let installed = runtime()?.block_on(cliptune_worker::install_pipeline(
                 &store,
                 &manifest_json,
                 template.as_deref(),
@@ -418,52 +418,25 @@ pub fn demo(ctx: &Ctx, cmd: DemoCommand) -> Result<()> {
                     ctx.home.clone(),
                 )
                 .await?;
-                let model = cliptune_worker::nodes::embed::resolve_model(
-                    &*store,
-                    model.as_deref(),
-                    None,
-                    None,
-                )
-                .await?;
-                let dataset = store.resolve_dataset(&dataset).await?;
-                let sets = store.list_feature_sets().await?;
-                let set = sets
-                    .iter()
-                    .find(|s| s.model_id.as_deref() == Some(&model.id))
-                    .with_context(|| {
-                        format!(
-                            "model {} has no feature set: run the embed node first",
-                            model.id
-                        )
-                    })?;
-                let (texts, _) = cliptune_worker::nodes::embed::embed_online(
+                let (model, found) = cliptune_worker::search::search_text(
                     &worker,
-                    &model,
-                    vec![text.clone()],
-                    Vec::new(),
+                    model.as_deref(),
+                    &text,
+                    Some(&dataset),
+                    k,
                 )
                 .await?;
-                let near = store
-                    .nearest(
-                        &set.id,
-                        &NearestQuery {
-                            vector: texts[0].clone(),
-                            k,
-                            dataset_id: Some(dataset.id.clone()),
-                            filter: None,
-                        },
-                    )
-                    .await?;
-                let mut hits = Vec::new();
-                for n in near {
-                    let item = store.get_item(&n.entity_id).await?;
-                    hits.push(json!({
-                        "item_id": item.id,
-                        "filename": item.filename,
-                        "caption": item.own_caption(),
-                        "score": n.score,
-                    }));
-                }
+                let hits: Vec<Value> = found
+                    .into_iter()
+                    .map(|h| {
+                        json!({
+                            "item_id": h.item_id,
+                            "filename": h.filename,
+                            "caption": h.caption,
+                            "score": h.score,
+                        })
+                    })
+                    .collect();
                 worker.shutdown().await;
                 anyhow::Ok(json!({"model_id": model.id, "text": text, "matches": hits}))
             })?;

@@ -55,7 +55,7 @@ pub fn runtime() -> Result<&'static tokio::runtime::Runtime> {
 
 pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     if args.openapi {
-        print!("{}", cliptune_worker::http::openapi_document());
+        print!("{}", cliptune_worker::openapi_document());
         return Ok(());
     }
     let config = args.config;
@@ -87,7 +87,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
                 }
             )
         });
-        cliptune_worker::http::serve(worker, listener, shutdown_signal())
+        cliptune_worker::serve(worker, listener, shutdown_signal())
             .await
             .context("serving HTTP")?;
         eprintln!("cliptune worker stopped");

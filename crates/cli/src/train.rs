@@ -149,7 +149,7 @@ fn read_source(ctx: &Ctx, folder: Option<&Path>, dataset: Option<&str>) -> Resul
             let store: Arc<dyn Platform> = Arc::new(LocalStore::open(&ctx.home)?);
             let source = rt.block_on(async {
                 let ds = store.resolve_dataset(name).await?;
-                let tagged = cliptune_worker::nodes::train::dataset_source(
+                let tagged = cliptune_worker::dataset_source(
                     &store,
                     &ds.id,
                     &Subsets::default_filters(),
@@ -165,13 +165,9 @@ fn read_source(ctx: &Ctx, folder: Option<&Path>, dataset: Option<&str>) -> Resul
                     train: cliptune_store::dql::default_filter(),
                     validation: serde_json::json!({"id": "$none"}),
                 };
-                let mut source = cliptune_worker::nodes::train::dataset_source(
-                    &store,
-                    &ds.id,
-                    &everything,
-                    &|| Ok(()),
-                )
-                .await?;
+                let mut source =
+                    cliptune_worker::dataset_source(&store, &ds.id, &everything, &|| Ok(()))
+                        .await?;
                 for pair in &mut source.pairs {
                     pair.subset = None;
                 }

@@ -19,17 +19,7 @@ fn reference() -> Value {
 }
 
 fn matrix(v: &Value) -> Vec<Vec<f32>> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect()
-        })
-        .collect()
+    serde_json::from_value(v.clone()).unwrap()
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {

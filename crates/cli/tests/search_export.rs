@@ -1,7 +1,6 @@
 //! `cliptune search` and `cliptune features export` on a store whose dataset the embed node
 //! embedded (drawn shapes, a tiny random-weight model).
 
-use cliptune_clip::{checkpoint, Clip, ClipConfig};
 use cliptune_store::import::{import, ImportOptions};
 use cliptune_store::*;
 use cliptune_worker::{Function, Worker, WorkerConfig};
@@ -49,24 +48,10 @@ fn setup() -> Setup {
             )
             .await
             .unwrap();
-        let config = ClipConfig::from_json(&cliptune_worker::demo::tiny_architecture()).unwrap();
-        let clip = Clip::new(&config, tch::Device::Cpu, Some(0)).unwrap();
-        checkpoint::save(&clip, &dir.path().join("weights")).unwrap();
-        let model = store
-            .create_model(NewModel {
-                name: "tiny".into(),
-                status: ModelStatus::Trained,
-                configuration: Default::default(),
-                dataset_id: None,
-                description: None,
-                metadata: json!({}),
-            })
-            .await
-            .unwrap();
-        let model = store
-            .upload_artifacts(&model.id, &dir.path().join("weights"))
-            .await
-            .unwrap();
+        let model =
+            cliptune_worker::demo::tiny_model(&*store, "tiny", 0, &dir.path().join("weights"))
+                .await
+                .unwrap();
         let mut wc = WorkerConfig::local("cpu");
         wc.torch_threads = 2;
         let platform: Arc<dyn Platform> = store.clone();
@@ -86,12 +71,8 @@ fn setup() -> Setup {
             "{:?}",
             done.latest_status
         );
-        let set = store
-            .list_feature_sets()
+        let set = cliptune_worker::search::feature_set(&*store, &model)
             .await
-            .unwrap()
-            .into_iter()
-            .find(|s| s.model_id.as_deref() == Some(model.id.as_str()))
             .unwrap();
         Setup {
             dir,

@@ -53,16 +53,13 @@ impl LossScale {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::{Kind, Tensor};
 
     #[test]
-    fn cpu_bf16_autocast_runs_matmuls_in_bf16_and_restores() {
-        // The shim itself is tested in cliptune-clip; this checks the re-export and `check`.
-        let a = Tensor::ones([4, 4], (Kind::Float, Device::Cpu));
-        let inside = autocast(Precision::Bf16, Device::Cpu, || a.matmul(&a).kind());
-        assert_eq!(inside, Kind::BFloat16);
-        assert_eq!(a.matmul(&a).kind(), Kind::Float, "autocast left enabled");
+    fn fp16_needs_cuda() {
+        // Autocast itself is tested in cliptune-clip, which owns it.
         assert!(check(Precision::Fp16, Device::Cpu).is_err());
+        assert!(check(Precision::Bf16, Device::Cpu).is_ok());
+        assert!(check(Precision::Fp32, Device::Cpu).is_ok());
     }
 
     #[test]

@@ -108,10 +108,6 @@ impl Batcher {
         }
     }
 
-    pub fn config(&self) -> OnlineConfig {
-        self.config
-    }
-
     /// Admits a request, or fails at once with `Overloaded` when `max_inflight` are running.
     pub fn admit(&self) -> Result<Permit> {
         match self.permits.clone().try_acquire_owned() {
@@ -127,21 +123,6 @@ impl Batcher {
                 )))
             }
         }
-    }
-
-    /// Requests admitted and not answered yet.
-    pub fn in_flight(&self) -> usize {
-        self.config.max_inflight.max(1) - self.permits.available_permits()
-    }
-
-    /// Requests turned away with 429 since start.
-    pub fn rejected(&self) -> u64 {
-        self.rejected.load(Ordering::Relaxed)
-    }
-
-    /// Device batches run since start.
-    pub fn batches(&self) -> u64 {
-        self.batches.load(Ordering::Relaxed)
     }
 
     /// L2-normalized vectors of `inputs`, in their order.

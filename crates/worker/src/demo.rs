@@ -5,6 +5,8 @@
 //! trains on it in about a minute on two CPU cores.
 
 use crate::error::{Result, WorkerError};
+use cliptune_clip::{checkpoint, Clip, ClipConfig};
+use cliptune_store::{Model, ModelStatus, NewModel, Platform};
 use image::{ImageFormat, Rgb, RgbImage};
 use serde::Serialize;
 use serde_json::json;
@@ -166,6 +168,35 @@ pub fn tiny_architecture() -> serde_json::Value {
         "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
         "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
     })
+}
+
+/// A tiny random-weight model ([`tiny_architecture`], weights seeded by `seed`) registered
+/// in `platform` as `name` with status `trained`: its checkpoint is written to `scratch`
+/// and uploaded. For the tests and demos that need a model in a store.
+#[doc(hidden)]
+pub async fn tiny_model(
+    platform: &dyn Platform,
+    name: &str,
+    seed: u64,
+    scratch: &Path,
+) -> Result<Model> {
+    let clip = Clip::new(
+        &ClipConfig::from_json(&tiny_architecture())?,
+        tch::Device::Cpu,
+        Some(seed),
+    )?;
+    checkpoint::save(&clip, scratch)?;
+    let model = platform
+        .create_model(NewModel {
+            name: name.into(),
+            status: ModelStatus::Trained,
+            configuration: Default::default(),
+            dataset_id: None,
+            description: None,
+            metadata: json!({}),
+        })
+        .await?;
+    Ok(platform.upload_artifacts(&model.id, scratch).await?)
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 
 use crate::template::{node_id, node_name, plan, step_of, Step};
-pub use crate::template::{read_manifest, templates, Template, BUILTIN_MANIFEST};
+use crate::template::{templates, Template};
 
 /// Result of installing a template.
 #[derive(Debug, Serialize)]
@@ -541,6 +541,7 @@ fn node_input(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::template::read_manifest;
 
     fn node<'a>(t: &'a Template, id: &str) -> &'a Value {
         t.nodes.iter().find(|n| node_id(n).unwrap() == id).unwrap()

@@ -3,7 +3,9 @@
 //! (query embedded by the online batcher) and `cliptune search` (query embedded in-process
 //! with [`crate::infer::LocalEncoder`]); both encode through [`crate::infer`].
 
+use crate::ctx::Env;
 use crate::error::{Result, WorkerError};
+use crate::nodes::embed::{embed_online, resolve_model};
 use cliptune_store::{FeatureSet, ItemKind, Model, NearestQuery, Platform, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -119,6 +121,36 @@ pub async fn nearest(
         hits.push(hit);
     }
     Ok(hits)
+}
+
+/// A text query on a worker outside the HTTP server (`cliptune demo query`): `model` (default:
+/// the "Newest CLIP model" of the only pipeline that has one), its [`feature_set`], the text
+/// embedded on the worker's device, then [`nearest`] in `dataset`. Returns the model too.
+pub async fn search_text(
+    env: &Env,
+    model: Option<&str>,
+    text: &str,
+    dataset: Option<&str>,
+    k: usize,
+) -> Result<(Model, Vec<Hit>)> {
+    let platform = &**env.platform();
+    let model = resolve_model(platform, model, None, None).await?;
+    let dataset_id = match dataset {
+        Some(d) => Some(platform.resolve_dataset(d).await?.id),
+        None => None,
+    };
+    let set = feature_set(platform, &model).await?;
+    let (mut texts, _) = embed_online(env, &model, vec![text.to_string()], Vec::new()).await?;
+    let hits = nearest(
+        platform,
+        &set,
+        texts.remove(0),
+        dataset_id.as_deref(),
+        k,
+        None,
+    )
+    .await?;
+    Ok((model, hits))
 }
 
 /// Milliseconds since `t`, for timing fields.

@@ -5,7 +5,7 @@ mod pipeline_fixture;
 
 use cliptune_store::prelude::*;
 use cliptune_store::{ExecutionStatus, NewExecution};
-use cliptune_worker::attached::AttachRequest;
+use cliptune_worker::AttachRequest;
 use cliptune_worker::WorkerError;
 use pipeline_fixture as fx;
 use serde_json::json;

@@ -20,17 +20,7 @@ fn close(a: &[f32], b: &[f32], tol: f32) -> bool {
 }
 
 fn vectors(v: &Value) -> Vec<Vec<f32>> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect()
-        })
-        .collect()
+    serde_json::from_value(v.clone()).unwrap()
 }
 
 /// Features computed the plain way: one input at a time, texts padded to the full context.

@@ -597,7 +597,7 @@ async fn stalled_headers_are_cut_off() {
 #[test]
 fn the_committed_openapi_document_matches_the_code() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../openapi.json");
-    let generated = cliptune_worker::http::openapi_document();
+    let generated = cliptune_worker::openapi_document();
     if std::env::var_os("CLIPTUNE_UPDATE_OPENAPI").is_some() {
         std::fs::write(&path, &generated).unwrap();
     }

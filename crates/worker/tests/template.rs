@@ -8,13 +8,13 @@ mod pipeline_fixture;
 
 use cliptune_store::prelude::*;
 use cliptune_store::{Execution, ExecutionPipeline, ExecutionQuery, ExecutionStatus, NewExecution};
-use cliptune_worker::{pipeline, Function, Worker};
+use cliptune_worker::{Function, Worker};
 use pipeline_fixture as fx;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
 fn manifest() -> Value {
-    pipeline::read_manifest(Some(
+    cliptune_worker::read_manifest(Some(
         &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../dataloop.json"),
     ))
     .unwrap()

@@ -181,6 +181,8 @@ pub struct VariableValue {
 }
 
 /// The body of `POST /embed`: an execution (a dataset or items) or the online form.
+// A schema only (the OpenAPI document): the handler reads the two forms itself.
+#[allow(dead_code)]
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum EmbedBody {

@@ -28,6 +28,30 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// The online path (the batcher behind `POST /embed` and `POST /search`) outside the server:
+/// `texts` then `images` (bytes, name) of `model_id` as one request, vectors in that order.
+/// For tests that compare it with the vectors the embed node stores.
+pub async fn embed_batched(
+    worker: &Worker,
+    model_id: &str,
+    texts: &[&str],
+    images: &[(&[u8], &str)],
+) -> Result<Vec<Vec<f32>>> {
+    let online = Online::new(worker);
+    let prepared = online.model(Some(model_id), None).await?;
+    let permit = online.batcher.admit()?;
+    let mut inputs: Vec<Input> = texts.iter().map(|t| prepared.text(t)).collect();
+    for (bytes, name) in images {
+        inputs.push(
+            prepared
+                .image(bytes, name)
+                .map_err(|e| WorkerError::input("images", e))?,
+        );
+    }
+    let (vectors, _) = online.batcher.embed(&permit, prepared, inputs).await?;
+    Ok(vectors)
+}
+
 /// Most inputs one online request may carry.
 pub const MAX_INPUTS: usize = 256;
 

@@ -16,7 +16,7 @@ mod local;
 pub mod weights;
 
 pub use cliptune_clip::Precision;
-pub use encode::{encode, rows, Rows};
+pub use encode::{encode, Rows};
 pub use local::LocalEncoder;
 
 use crate::error::{Result, WorkerError};

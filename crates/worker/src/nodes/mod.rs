@@ -15,12 +15,13 @@ pub(crate) mod update_variable;
 
 use crate::ctx::NodeCtx;
 use crate::error::{Result, WorkerError};
+use cliptune_store::{Model, ModelStatus, Platform};
 use serde_json::{Map, Value};
+use std::path::Path;
 
 pub use adapter::{EmbedDatasetInput, EmbedItemsInput};
 pub use create_model::CreateModelInput;
 pub use embed::{EmbedInput, EmbedRequest, EmbedTarget};
-pub use input::{DatasetRef, ItemList, ItemRef, ModelRef, PipelineRef};
 pub use train::TrainInput;
 pub use update_variable::UpdateVariableInput;
 
@@ -28,6 +29,7 @@ pub use update_variable::UpdateVariableInput;
 pub const NEWEST_MODEL_VARIABLE: &str = "Newest CLIP model";
 pub const BASE_MODEL_VARIABLE: &str = "Base CLIP model";
 pub const DATASET_VARIABLE: &str = "Dataset with captions";
+#[cfg(test)] // the template test checks the manifest declares it
 pub const CONFIG_VARIABLE: &str = "Model config";
 
 /// The input object (`null` counts as empty).
@@ -45,6 +47,24 @@ pub(crate) fn object(input: &Value) -> Result<Map<String, Value>> {
 /// An entity reference: a bare id/name string, or an object with one of `keys` (or `id`).
 pub(crate) fn entity_ref(value: &Value, field: &str, keys: &[&str]) -> Result<String> {
     input::ref_id(value, keys).map_err(|m| WorkerError::input(field, m))
+}
+
+/// Stores the native checkpoint folder `dir` (weights, config, a run's report files) as
+/// `model_id`'s artifacts, then applies `edit` and sets `status`: the status moves on only
+/// once the artifacts are stored. How the train node and the CLI (`cliptune models
+/// import/create`, `cliptune train`) register a model's weights.
+pub async fn store_weights(
+    platform: &dyn Platform,
+    model_id: &str,
+    dir: &Path,
+    status: ModelStatus,
+    edit: impl FnOnce(&mut Model),
+) -> Result<Model> {
+    platform.upload_artifacts(model_id, dir).await?;
+    let mut model = platform.get_model(model_id).await?;
+    edit(&mut model);
+    model.status = status;
+    Ok(platform.update_model(&model).await?)
 }
 
 /// The model named by input `field` (`{"model_id"}` or a string).

@@ -210,10 +210,6 @@ async fn train(mut model: Model, input: TrainInput, ctx: &NodeCtx) -> Result<Val
         .add_training_samples((report.data.train * report.epochs_run) as u64);
 
     ctx.progress(97, "uploading the trained weights");
-    platform
-        .upload_artifacts(&model.id, &outcome.model_dir)
-        .await?;
-    let mut model = platform.get_model(&model.id).await?;
     let baseline = report.history.first().map(|r| r.metrics);
     let summary = json!({
         "baseline_metrics": baseline,
@@ -227,13 +223,14 @@ async fn train(mut model: Model, input: TrainInput, ctx: &NodeCtx) -> Result<Val
         "skipped_pairs": report.data.bad.len(),
         "device": report.device,
     });
-    set_path(
-        &mut model.metadata,
-        &["cliptune", "training"],
-        summary.clone(),
-    );
-    model.status = ModelStatus::Trained;
-    let model = platform.update_model(&model).await?;
+    let model = super::store_weights(
+        &*platform,
+        &model.id,
+        &outcome.model_dir,
+        ModelStatus::Trained,
+        |m| set_path(&mut m.metadata, &["cliptune", "training"], summary),
+    )
+    .await?;
     ctx.progress(100, format!("trained: best epoch {}", report.best_epoch));
     let samples_per_second = report
         .history

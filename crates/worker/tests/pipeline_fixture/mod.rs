@@ -7,7 +7,7 @@
 use cliptune_clip::{checkpoint, Clip, ClipConfig};
 use cliptune_store::import::{import, ImportOptions};
 use cliptune_store::*;
-use cliptune_worker::{http, Worker, WorkerConfig};
+use cliptune_worker::{Worker, WorkerConfig};
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,8 +49,8 @@ pub async fn store(images: usize) -> Store {
         .unwrap();
     let base = store.upload_artifacts(&base.id, &weights).await.unwrap();
     let manifest_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../dataloop.json");
-    let manifest = cliptune_worker::pipeline::read_manifest(Some(&manifest_path)).unwrap();
-    let pipeline = cliptune_worker::pipeline::install(&*store, &manifest, None, None)
+    let manifest = cliptune_worker::read_manifest(Some(&manifest_path)).unwrap();
+    let pipeline = cliptune_worker::install_pipeline(&*store, &manifest, None, None)
         .await
         .unwrap()
         .pipeline;
@@ -103,7 +103,7 @@ pub async fn serve(s: &Store, config: WorkerConfig) -> Server {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let w = worker.clone();
     let handle = tokio::spawn(async move {
-        http::serve(w, listener, async move {
+        cliptune_worker::serve(w, listener, async move {
             let _ = stopped.await;
         })
         .await

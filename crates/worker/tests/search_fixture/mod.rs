@@ -8,7 +8,7 @@
 use cliptune_clip::{checkpoint, Clip, ClipConfig};
 use cliptune_store::import::{import, ImportOptions};
 use cliptune_store::*;
-use cliptune_worker::{http, Function, Worker, WorkerConfig};
+use cliptune_worker::{Function, Worker, WorkerConfig};
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,40 +38,23 @@ impl Fixture {
     }
 }
 
-async fn register(
-    store: &LocalStore,
-    config: &ClipConfig,
-    seed: u64,
-    dir: &std::path::Path,
-    model: Option<&Model>,
-) -> Model {
-    let clip = Clip::new(config, tch::Device::Cpu, Some(seed)).unwrap();
-    let out = dir.join(format!("weights-{seed}"));
+/// "tiny-tuned": a clone of `base` with other random weights.
+async fn tuned(store: &LocalStore, base: &Model, dir: &std::path::Path) -> Model {
+    let config = ClipConfig::from_json(&cliptune_worker::demo::tiny_architecture()).unwrap();
+    let clip = Clip::new(&config, tch::Device::Cpu, Some(1)).unwrap();
+    let out = dir.join("weights-1");
     checkpoint::save(&clip, &out).unwrap();
-    let created = match model {
-        None => store
-            .create_model(NewModel {
-                name: "tiny-base".into(),
-                status: ModelStatus::Trained,
-                configuration: Default::default(),
-                dataset_id: None,
-                description: None,
-                metadata: json!({}),
-            })
-            .await
-            .unwrap(),
-        Some(base) => store
-            .clone_model(
-                &base.id,
-                CloneModel {
-                    name: Some("tiny-tuned".into()),
-                    status: Some(ModelStatus::Trained),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap(),
-    };
+    let created = store
+        .clone_model(
+            &base.id,
+            CloneModel {
+                name: Some("tiny-tuned".into()),
+                status: Some(ModelStatus::Trained),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     store.upload_artifacts(&created.id, &out).await.unwrap()
 }
 
@@ -92,20 +75,22 @@ pub async fn start_with(configure: impl FnOnce(&mut WorkerConfig)) -> Fixture {
         .unwrap();
     let dataset = store.dataset_by_name("shapes").await.unwrap();
 
-    let config = ClipConfig::from_json(&cliptune_worker::demo::tiny_architecture()).unwrap();
-    let base = register(&store, &config, 0, dir.path(), None).await;
-    let tuned = register(&store, &config, 1, dir.path(), Some(&base)).await;
+    let base =
+        cliptune_worker::demo::tiny_model(&*store, "tiny-base", 0, &dir.path().join("weights-0"))
+            .await
+            .unwrap();
+    let tuned = tuned(&store, &base, dir.path()).await;
 
     let manifest_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../dataloop.json");
-    let manifest = cliptune_worker::pipeline::read_manifest(Some(&manifest_path)).unwrap();
-    let installed = cliptune_worker::pipeline::install(&*store, &manifest, None, None)
+    let manifest = cliptune_worker::read_manifest(Some(&manifest_path)).unwrap();
+    let installed = cliptune_worker::install_pipeline(&*store, &manifest, None, None)
         .await
         .unwrap();
-    cliptune_worker::pipeline::set_variables(
+    cliptune_worker::set_pipeline_variables(
         &*store,
         &installed.pipeline,
         &[(
-            cliptune_worker::nodes::NEWEST_MODEL_VARIABLE.to_string(),
+            cliptune_worker::NEWEST_MODEL_VARIABLE.to_string(),
             json!(tuned.id),
         )],
     )
@@ -142,7 +127,7 @@ pub async fn start_with(configure: impl FnOnce(&mut WorkerConfig)) -> Fixture {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let w = worker.clone();
     let server = tokio::spawn(async move {
-        http::serve(w, listener, async move {
+        cliptune_worker::serve(w, listener, async move {
             let _ = stopped.await;
         })
         .await
