@@ -50,6 +50,9 @@ mod tests {
         assert_eq!(back, [a.clone(), b].concat());
         let err = pixel_batch(&[a, vec![0.0; 5]], 2).unwrap_err();
         assert!(err.to_string().contains("image 1 has 5 values"), "{err}");
-        assert_eq!(pixel_batch::<Vec<f32>>(&[], 2).unwrap().size(), [0, 3, 2, 2]);
+        assert_eq!(
+            pixel_batch::<Vec<f32>>(&[], 2).unwrap().size(),
+            [0, 3, 2, 2]
+        );
     }
 }

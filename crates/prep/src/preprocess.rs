@@ -9,7 +9,7 @@
 
 use crate::decode::{decode, Decoded, Mode, Samples};
 use crate::error::{PrepError, Result};
-use crate::resample::{bicubic_u16, bicubic_u8, bicubic_u8_over, nearest_u8, Window};
+use crate::resample::{bicubic_u16, bicubic_u8, nearest_u8, resize_u8_over, Filter, Window};
 use rayon::prelude::*;
 use std::path::Path;
 
@@ -30,7 +30,8 @@ pub struct Preprocessor {
     /// Images with more pixels than this are refused before decoding (decompression bombs).
     pub max_pixels: u64,
     /// Decode JPEGs at least twice the output size at reduced scale (1/2, 1/4 or 1/8, the
-    /// largest that keeps the short side >= S) before the same resize and crop. Off by
+    /// largest that keeps the short side >= S), then resize with a bilinear filter (the DCT
+    /// scaling has averaged already) and crop. Off by
     /// default: the pixels then differ from PIL's (docs/preprocessing.md has by how much).
     pub fast_decode: bool,
 }
@@ -258,7 +259,14 @@ fn resize_crop_rgb(img: Decoded, s: usize) -> Vec<u8> {
                         out
                     }
                     Mode::L | Mode::Rgb | Mode::Cmyk | Mode::I16 => {
-                        bicubic_u8_over(&v, (w, h), extent, ch, new_w, new_h, win)
+                        // After a reduced-scale decode the pixels are no longer PIL's, and
+                        // the DCT scaling has already averaged: the cheaper filter suffices.
+                        let filter = if denom > 1 {
+                            Filter::Bilinear
+                        } else {
+                            Filter::Bicubic
+                        };
+                        resize_u8_over(&v, (w, h), extent, ch, (new_w, new_h, win), filter)
                     }
                 }
             }

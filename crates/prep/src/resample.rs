@@ -18,6 +18,39 @@ fn bicubic(x: f64) -> f64 {
     }
 }
 
+/// Pillow's triangle kernel (BILINEAR), support 1.
+fn triangle(x: f64) -> f64 {
+    let x = x.abs();
+    if x < 1.0 {
+        1.0 - x
+    } else {
+        0.0
+    }
+}
+
+/// The resampling filter. PIL's transform is `Bicubic`; `Bilinear` (half the taps) is only
+/// used after a reduced-scale JPEG decode (`--fast-decode`), whose pixels are PIL's no more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Filter {
+    Bicubic,
+    Bilinear,
+}
+
+impl Filter {
+    fn support(self) -> f64 {
+        match self {
+            Filter::Bicubic => 2.0,
+            Filter::Bilinear => 1.0,
+        }
+    }
+    fn weight(self, x: f64) -> f64 {
+        match self {
+            Filter::Bicubic => bicubic(x),
+            Filter::Bilinear => triangle(x),
+        }
+    }
+}
+
 /// Per output position: first input index and normalised weights (`precompute_coeffs`).
 pub(crate) struct Coeffs {
     pub ksize: usize,
@@ -28,18 +61,18 @@ pub(crate) struct Coeffs {
 }
 
 pub(crate) fn coeffs(in_size: usize, out_size: usize) -> Coeffs {
-    coeffs_over(in_size, in_size as f64, out_size)
+    coeffs_over(in_size, in_size as f64, out_size, Filter::Bicubic)
 }
 
 /// As [`coeffs`] for `in_size` samples that span `extent` sample widths (Pillow's resize
 /// with a box `(0, extent)`): a JPEG decoded at 1/d covers `size / d` of them, which is
 /// fractional when d does not divide the size; taps stay clamped to the `in_size` samples.
-pub(crate) fn coeffs_over(in_size: usize, extent: f64, out_size: usize) -> Coeffs {
+pub(crate) fn coeffs_over(in_size: usize, extent: f64, out_size: usize, filter: Filter) -> Coeffs {
     // Pillow computes `(double)(in1 - in0) / outSize` with float box coordinates; sizes
     // below 2^24 are exact in float, so this is the same number.
     let scale = extent / out_size as f64;
     let filterscale = scale.max(1.0);
-    let support = 2.0 * filterscale;
+    let support = filter.support() * filterscale;
     let ksize = support.ceil() as usize * 2 + 1;
     let inv = 1.0 / filterscale;
     let mut c = Coeffs {
@@ -57,7 +90,7 @@ pub(crate) fn coeffs_over(in_size: usize, extent: f64, out_size: usize) -> Coeff
         let k = &mut c.k[xx * ksize..xx * ksize + n];
         let mut ww = 0.0;
         for (x, w) in k.iter_mut().enumerate() {
-            *w = bicubic((x as f64 + xmin as f64 - center + 0.5) * inv);
+            *w = filter.weight((x as f64 + xmin as f64 - center + 0.5) * inv);
             ww += *w;
         }
         if ww != 0.0 {
@@ -114,8 +147,8 @@ struct Fixed {
 }
 
 impl Fixed {
-    fn new(in_size: usize, extent: f64, out_size: usize) -> Fixed {
-        let c = coeffs_over(in_size, extent, out_size);
+    fn new(in_size: usize, extent: f64, out_size: usize, filter: Filter) -> Fixed {
+        let c = coeffs_over(in_size, extent, out_size, filter);
         let k = fixed(&c.k);
         Fixed { c, k }
     }
@@ -214,31 +247,30 @@ pub(crate) fn bicubic_u8(
     out_h: usize,
     win: Window,
 ) -> Vec<u8> {
-    bicubic_u8_over(
+    resize_u8_over(
         src,
         (in_w, in_h),
         (in_w as f64, in_h as f64),
         ch,
-        out_w,
-        out_h,
-        win,
+        (out_w, out_h, win),
+        Filter::Bicubic,
     )
 }
 
 /// As [`bicubic_u8`] for samples spanning `extent` (width, height) sample widths (see
-/// [`coeffs_over`]). A pass is skipped only when its size and extent are both unchanged.
-pub(crate) fn bicubic_u8_over(
+/// [`coeffs_over`]), with the given filter. A pass is skipped only when its size and extent
+/// are both unchanged.
+pub(crate) fn resize_u8_over(
     src: &[u8],
     (in_w, in_h): (usize, usize),
     (ext_w, ext_h): (f64, f64),
     ch: usize,
-    out_w: usize,
-    out_h: usize,
-    win: Window,
+    (out_w, out_h, win): (usize, usize, Window),
+    filter: Filter,
 ) -> Vec<u8> {
     let changes = |n_in: usize, ext: f64, n_out: usize| n_out != n_in || ext != n_in as f64;
-    let hf = changes(in_w, ext_w, out_w).then(|| Fixed::new(in_w, ext_w, out_w));
-    let vf = changes(in_h, ext_h, out_h).then(|| Fixed::new(in_h, ext_h, out_h));
+    let hf = changes(in_w, ext_w, out_w).then(|| Fixed::new(in_w, ext_w, out_w, filter));
+    let vf = changes(in_h, ext_h, out_h).then(|| Fixed::new(in_h, ext_h, out_h, filter));
     let wcols = (win.x0, win.x0 + win.w);
     let wrows = (win.y0, win.y0 + win.h);
     // Source columns / rows the window's kernels read.
