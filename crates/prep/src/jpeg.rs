@@ -30,11 +30,18 @@ fn has_end_marker(b: &[u8]) -> bool {
                 i += 2 + usize::from(u16::from_be_bytes([len[0], len[1]]));
                 if m == 0xDA {
                     // Entropy-coded data runs to the next marker other than a stuffed 0xFF00
-                    // or a restart marker.
-                    while i + 1 < b.len()
-                        && (b[i] != 0xFF || matches!(b[i + 1], 0x00 | 0xD0..=0xD7 | 0xFF))
-                    {
-                        i += 1;
+                    // or a restart marker. memchr skips to each 0xFF: a byte-by-byte walk
+                    // was 2% of a reduced-scale decode.
+                    loop {
+                        match b.get(i..).and_then(|rest| memchr::memchr(0xFF, rest)) {
+                            None => return false,
+                            Some(p) => i += p,
+                        }
+                        if i + 1 < b.len() && matches!(b[i + 1], 0x00 | 0xD0..=0xD7 | 0xFF) {
+                            i += 1;
+                        } else {
+                            break;
+                        }
                     }
                 }
             }
