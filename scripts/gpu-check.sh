@@ -57,7 +57,7 @@ fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 if has 2 || has 3; then
-echo "== 2. end to end on CUDA"
+echo "== 2. end to end on $device"
 "$py" scripts/bench/make_jpegs.py "$work/jpegs" "$images"
 (cd "$work/jpegs" && i=0 && for f in *.jpg; do
   # Seven made-up classes so that training has something to fit.
