@@ -344,3 +344,90 @@ fn search_and_export() {
     assert_eq!(manifest["dtype"], "float16");
     assert_eq!(manifest["model"]["name"], "tiny");
 }
+
+/// `cliptune demo query` (the text embedded on a worker's device) ranks as `cliptune search`
+/// (embedded in-process) does, with the same scores; an unknown dataset and a model without
+/// vectors are refused with a message naming them.
+#[test]
+fn demo_query_ranks_as_search_does() {
+    let s = setup();
+    let home = s.dir.path().join("home");
+    let query = |cmd: &[&str]| {
+        let mut args = vec!["--json"];
+        args.extend_from_slice(cmd);
+        args.extend_from_slice(&[
+            "--dataset",
+            "shapes",
+            "--model",
+            "tiny",
+            "--text",
+            "a red circle",
+            "-k",
+            "4",
+        ]);
+        let (ok, out, err) = cliptune(&home, &args);
+        assert!(ok, "{cmd:?}: {err}");
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+    let demo = query(&["demo", "query"]);
+    let search = query(&["search"]);
+    assert_eq!(demo["model_id"], json!(s.model.id));
+    let ranked = |v: &Value, list: &str| -> Vec<(String, f64)> {
+        v[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (
+                    h["item_id"].as_str().unwrap().to_string(),
+                    h["score"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let (d, q) = (ranked(&demo, "matches"), ranked(&search, "results"));
+    assert_eq!(d.len(), 4);
+    assert_eq!(
+        d.iter().map(|h| &h.0).collect::<Vec<_>>(),
+        q.iter().map(|h| &h.0).collect::<Vec<_>>()
+    );
+    for ((_, a), (_, b)) in d.iter().zip(&q) {
+        assert!((a - b).abs() < 1e-5, "{d:?} vs {q:?}");
+    }
+
+    let (ok, _, err) = cliptune(
+        &home,
+        &[
+            "demo",
+            "query",
+            "--dataset",
+            "no-such-set",
+            "--model",
+            "tiny",
+            "--text",
+            "x",
+        ],
+    );
+    assert!(!ok && err.contains("no-such-set"), "{err}");
+    block(cliptune_worker::demo::tiny_model(
+        &*s.store,
+        "bare",
+        1,
+        &s.dir.path().join("bare"),
+    ))
+    .unwrap();
+    let (ok, _, err) = cliptune(
+        &home,
+        &[
+            "demo",
+            "query",
+            "--dataset",
+            "shapes",
+            "--model",
+            "bare",
+            "--text",
+            "x",
+        ],
+    );
+    assert!(!ok && err.contains("has no vectors yet"), "{err}");
+}
