@@ -120,9 +120,9 @@ fn default_sigpipe() {
 /// JPEG, 38 MB a batch of 64 images at 224 px, inside libtorch too); with glibc's defaults
 /// many of them are fresh mmaps or trimmed heap, paid again in page faults and zeroing:
 /// 0.7 s of system time in a 3 s embedding of 1,000 JPEGs on 2 cores, and 10-20% of the
-/// rate (docs/preprocessing.md, "The feed"). Blocks under 64 MB now come from the heap, and
-/// up to 256 MB of it stays reserved once freed. glibc's own `MALLOC_MMAP_THRESHOLD_` and
-/// `MALLOC_TRIM_THRESHOLD_` variables still win when set.
+/// rate (docs/preprocessing.md, "Feeding the device on every core"). Blocks under 64 MB now
+/// come from the heap, and up to 256 MB of it stays reserved once freed. glibc's own
+/// `MALLOC_MMAP_THRESHOLD_` and `MALLOC_TRIM_THRESHOLD_` variables still win when set.
 #[allow(unsafe_code)]
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -33,13 +33,22 @@ pub struct Hit {
     pub image_item_id: Option<String>,
 }
 
-/// The feature set holding `model`'s vectors, or an error saying how to make one.
-pub async fn feature_set(platform: &dyn Platform, model: &Model) -> Result<FeatureSet> {
-    platform
+/// The feature set holding `model_id`'s vectors, if it has one.
+pub async fn find_feature_set(
+    platform: &dyn Platform,
+    model_id: &str,
+) -> Result<Option<FeatureSet>> {
+    Ok(platform
         .list_feature_sets()
         .await?
         .into_iter()
-        .find(|fs| fs.model_id.as_deref() == Some(model.id.as_str()))
+        .find(|fs| fs.model_id.as_deref() == Some(model_id)))
+}
+
+/// The feature set holding `model`'s vectors, or an error saying how to make one.
+pub async fn feature_set(platform: &dyn Platform, model: &Model) -> Result<FeatureSet> {
+    find_feature_set(platform, &model.id)
+        .await?
         .ok_or_else(|| {
             WorkerError::input(
                 "model",

@@ -236,11 +236,7 @@ pub async fn embed(online: &Online, request: OnlineEmbedRequest) -> Result<Respo
     let platform = online.platform();
     let set = match request.item_ids.is_empty() {
         true => None,
-        false => platform
-            .list_feature_sets()
-            .await?
-            .into_iter()
-            .find(|fs| fs.model_id.as_deref() == Some(model.id.as_str())),
+        false => search::find_feature_set(platform, &model.id).await?,
     };
     let mut item_vectors: Vec<Option<Vec<f32>>> = Vec::with_capacity(request.item_ids.len());
     let mut item_texts = Vec::new();
