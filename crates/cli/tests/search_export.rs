@@ -84,6 +84,18 @@ fn setup() -> Setup {
     })
 }
 
+/// A text query's arguments, shared by `cliptune search` and `cliptune demo query`.
+const RED_CIRCLE_TOP_4: [&str; 8] = [
+    "--dataset",
+    "shapes",
+    "--model",
+    "tiny",
+    "--text",
+    "a red circle",
+    "-k",
+    "4",
+];
+
 fn cliptune(home: &Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_cliptune"))
         .arg("--home")
@@ -172,20 +184,7 @@ fn search_and_export() {
         .map(|h| h["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, vec!["red.txt"]);
-    let (ok, out, _) = cliptune(
-        &home,
-        &[
-            "search",
-            "--dataset",
-            "shapes",
-            "--model",
-            "tiny",
-            "--text",
-            "a red circle",
-            "-k",
-            "4",
-        ],
-    );
+    let (ok, out, _) = cliptune(&home, &[&["search"][..], &RED_CIRCLE_TOP_4[..]].concat());
     assert!(ok);
     assert_eq!(
         out.lines()
@@ -355,16 +354,7 @@ fn demo_query_ranks_as_search_does() {
     let query = |cmd: &[&str]| {
         let mut args = vec!["--json"];
         args.extend_from_slice(cmd);
-        args.extend_from_slice(&[
-            "--dataset",
-            "shapes",
-            "--model",
-            "tiny",
-            "--text",
-            "a red circle",
-            "-k",
-            "4",
-        ]);
+        args.extend_from_slice(&RED_CIRCLE_TOP_4);
         let (ok, out, err) = cliptune(&home, &args);
         assert!(ok, "{cmd:?}: {err}");
         serde_json::from_str::<Value>(&out).unwrap()
