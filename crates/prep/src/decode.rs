@@ -21,6 +21,9 @@ pub(crate) enum Mode {
     I16,
     /// JPEG CMYK, held as PIL does ("CMYK;I": the inverse of what libjpeg returns).
     Cmyk,
+    /// JPEG YCbCr as stored, only from a reduced-scale decode (`--fast-decode`): converted
+    /// to RGB after the resize.
+    YCbCr,
 }
 
 impl Mode {
@@ -28,7 +31,7 @@ impl Mode {
         match self {
             Mode::L | Mode::I16 => 1,
             Mode::La => 2,
-            Mode::Rgb | Mode::Indexed => 3,
+            Mode::Rgb | Mode::Indexed | Mode::YCbCr => 3,
             Mode::Rgba | Mode::Cmyk => 4,
         }
     }

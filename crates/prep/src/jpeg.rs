@@ -87,13 +87,18 @@ pub(crate) fn decode_jpeg(
             u32::try_from(h).unwrap_or(u32::MAX),
             max_pixels,
         )?;
+        let denom = min_short.map_or(1, |s| scale_denom(w, h, s));
         let (mode, space) = match d.components().len() {
             1 => (Mode::L, ColorSpace::JCS_GRAYSCALE),
+            // At reduced scale the pixels are not PIL's anyway: keep YCbCr through the
+            // resize and convert once per output pixel, in float (preprocess.rs).
+            3 if denom > 1 && d.color_space() == ColorSpace::JCS_YCbCr => {
+                (Mode::YCbCr, ColorSpace::JCS_YCbCr)
+            }
             3 => (Mode::Rgb, ColorSpace::JCS_RGB),
             4 => (Mode::Cmyk, ColorSpace::JCS_CMYK),
             n => return Err(corrupt(name, format!("JPEG with {n} components"))),
         };
-        let denom = min_short.map_or(1, |s| scale_denom(w, h, s));
         if denom > 1 {
             // mozjpeg's scale takes the numerator over 8.
             d.scale((8 / denom) as u8);
@@ -182,6 +187,8 @@ mod tests {
         assert_eq!((quarter.width, quarter.height), (25, 17));
         assert_eq!((quarter.full_width, quarter.full_height), (97, 65));
         assert_eq!((full.denom, quarter.denom), (1, 4));
+        // Only the reduced-scale decode keeps YCbCr (converted after the resize).
+        assert!(full.mode == Mode::Rgb && quarter.mode == Mode::YCbCr);
         let Samples::U8(v) = quarter.samples else {
             panic!("8-bit samples expected")
         };

@@ -127,9 +127,14 @@ impl Preprocessor {
     /// The `S x S` RGB image (HWC, 8-bit) that `ToTensor` receives: decoded, resized,
     /// centre-cropped and converted to RGB exactly as PIL does.
     pub fn rgb_from_bytes(&self, bytes: &[u8], name: &str) -> Result<Vec<u8>> {
+        let c = self.cropped(bytes, name)?;
+        Ok(if c.ycc { ycc_to_rgb8(&c.px) } else { c.px })
+    }
+
+    fn cropped(&self, bytes: &[u8], name: &str) -> Result<Cropped> {
         let s = self.check()?;
         let img = decode(bytes, name, self.max_pixels, self.fast_decode.then_some(s))?;
-        Ok(resize_crop_rgb(img, s))
+        Ok(resize_crop(img, s))
     }
 
     /// The normalised `3 x S x S` tensor (CHW, row-major) for an encoded image.
@@ -149,8 +154,12 @@ impl Preprocessor {
                 self.tensor_len()
             )));
         }
-        let rgb = self.rgb_from_bytes(bytes, name)?;
-        normalize_into(&rgb, out);
+        let c = self.cropped(bytes, name)?;
+        if c.ycc {
+            normalize_ycc_into(&c.px, out);
+        } else {
+            normalize_into(&c.px, out);
+        }
         Ok(())
     }
 
@@ -214,8 +223,15 @@ impl Preprocessor {
     }
 }
 
+/// The `S x S` image `ToTensor` receives: RGB, or YCbCr as a reduced-scale JPEG decode
+/// leaves it (converted in [`normalize_ycc_into`], once per output pixel).
+struct Cropped {
+    px: Vec<u8>,
+    ycc: bool,
+}
+
 /// Resize in the source mode (as PIL's `Image.resize`), crop, then `convert("RGB")`.
-fn resize_crop_rgb(img: Decoded, s: usize) -> Vec<u8> {
+fn resize_crop(img: Decoded, s: usize) -> Cropped {
     let Decoded {
         mode,
         width: w,
@@ -244,7 +260,8 @@ fn resize_crop_rgb(img: Decoded, s: usize) -> Vec<u8> {
                 crop(&v, w, 1, win)
             };
             // Pillow's I;16 -> RGB clips: any value >= 256 becomes white.
-            return out.iter().flat_map(|&v| [v.min(255) as u8; 3]).collect();
+            let px = out.iter().flat_map(|&v| [v.min(255) as u8; 3]).collect();
+            return Cropped { px, ycc: false };
         }
         Samples::U8(mut v) => {
             if !resize {
@@ -258,11 +275,11 @@ fn resize_crop_rgb(img: Decoded, s: usize) -> Vec<u8> {
                         unpremultiply(&mut out, ch);
                         out
                     }
-                    Mode::L | Mode::Rgb | Mode::Cmyk | Mode::I16 => {
+                    Mode::L | Mode::Rgb | Mode::Cmyk | Mode::I16 | Mode::YCbCr => {
                         // After a reduced-scale decode the pixels are no longer PIL's, and
                         // the DCT scaling has already averaged: the cheaper filter suffices.
                         let filter = if denom > 1 {
-                            Filter::Bilinear
+                            Filter::Linear
                         } else {
                             Filter::Bicubic
                         };
@@ -272,17 +289,22 @@ fn resize_crop_rgb(img: Decoded, s: usize) -> Vec<u8> {
             }
         }
     };
-    if mode == Mode::Cmyk {
-        return cropped.chunks_exact(4).flat_map(cmyk_to_rgb).collect();
-    }
-    match ch {
-        3 => cropped,
-        1 => cropped.iter().flat_map(|&v| [v; 3]).collect(),
-        2 => cropped.chunks_exact(2).flat_map(|p| [p[0]; 3]).collect(),
-        _ => cropped
-            .chunks_exact(ch)
-            .flat_map(|p| [p[0], p[1], p[2]])
-            .collect(),
+    let px = if mode == Mode::Cmyk {
+        cropped.chunks_exact(4).flat_map(cmyk_to_rgb).collect()
+    } else {
+        match ch {
+            3 => cropped,
+            1 => cropped.iter().flat_map(|&v| [v; 3]).collect(),
+            2 => cropped.chunks_exact(2).flat_map(|p| [p[0]; 3]).collect(),
+            _ => cropped
+                .chunks_exact(ch)
+                .flat_map(|p| [p[0], p[1], p[2]])
+                .collect(),
+        }
+    };
+    Cropped {
+        px,
+        ycc: mode == Mode::YCbCr,
     }
 }
 
@@ -314,6 +336,43 @@ fn normalize_into(rgb: &[u8], out: &mut [f32]) {
     }
 }
 
+/// JFIF's YCbCr -> RGB (the conversion libjpeg does, in float, without its rounding to
+/// 8 bits), clamped to 0..=255.
+#[inline]
+fn ycc_rgb(px: &[u8]) -> [f32; 3] {
+    let y = f32::from(px[0]);
+    let cb = f32::from(px[1]) - 128.0;
+    let cr = f32::from(px[2]) - 128.0;
+    [
+        y + 1.402 * cr,
+        y - 0.344_136_3 * cb - 0.714_136_3 * cr,
+        y + 1.772 * cb,
+    ]
+    .map(|v| v.clamp(0.0, 255.0))
+}
+
+fn ycc_to_rgb8(ycc: &[u8]) -> Vec<u8> {
+    ycc.chunks_exact(3)
+        .flat_map(|px| ycc_rgb(px).map(|v| (v + 0.5) as u8))
+        .collect()
+}
+
+/// [`normalize_into`] for YCbCr samples: colour conversion and normalisation in one step,
+/// HWC -> CHW.
+fn normalize_ycc_into(ycc: &[u8], out: &mut [f32]) {
+    let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * STD[c]));
+    let bias: [f32; 3] = std::array::from_fn(|c| -MEAN[c] / STD[c]);
+    let plane = ycc.len() / 3;
+    let (r, rest) = out.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    for (i, px) in ycc.chunks_exact(3).enumerate() {
+        let [vr, vg, vb] = ycc_rgb(px);
+        r[i] = vr * scale[0] + bias[0];
+        g[i] = vg * scale[1] + bias[1];
+        b[i] = vb * scale[2] + bias[2];
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,6 +388,34 @@ mod tests {
         assert_eq!(geometry(229, 224, 224).2.x0, 2);
         let (w, h, win) = geometry(30, 97, 48);
         assert_eq!((w, h, win.y0), (48, 155, 54));
+    }
+
+    #[test]
+    fn ycbcr_converts_as_jfif_and_normalises_in_one_step() {
+        // Gray stays gray; out-of-range colours clamp (Y 255, Cb 255, Cr 255: R 433, G 121,
+        // B 480).
+        assert_eq!(
+            ycc_to_rgb8(&[128, 128, 128, 0, 128, 128, 255, 128, 128, 255, 255, 255]),
+            [128, 128, 128, 0, 0, 0, 255, 255, 255, 255, 121, 255]
+        );
+        // Pure red as JFIF encodes it (Y 76.2, Cb 85.0, Cr 255.5 -> 255).
+        assert_eq!(ycc_to_rgb8(&[76, 85, 255]), [254, 0, 0]);
+        // One step = convert, round to 8 bits, normalise: within half a level.
+        let n = 97;
+        let ycc: Vec<u8> = (0..3 * n).map(|i| (i * 37 % 256) as u8).collect();
+        let mut one = vec![0f32; 3 * n];
+        normalize_ycc_into(&ycc, &mut one);
+        let mut two = vec![0f32; 3 * n];
+        normalize_into(&ycc_to_rgb8(&ycc), &mut two);
+        for c in 0..3 {
+            for i in 0..n {
+                let d = (one[c * n + i] - two[c * n + i]).abs();
+                assert!(
+                    d <= 0.5 / 255.0 / STD[c] + 1e-5,
+                    "channel {c} pixel {i}: {d}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -141,8 +141,8 @@ fn large_jpegs_have_the_shape_and_stay_close() {
         assert!(exact != fast, "{w}x{h}: fast decode did not engage");
         let (max, mean) = diff(&exact, &fast);
         eprintln!("{w}x{h} at {size} (1/{denom}): max {max:.4} mean {mean:.4}");
-        // Normalised units (one 8-bit level is about 0.015). Measured: max 0.06-0.12, mean
-        // 0.011-0.018. Resizing the decoded ceil(641 / 2) samples as if they spanned 321
+        // Normalised units (one 8-bit level is about 0.015). Measured: max 0.09-0.13, mean
+        // 0.014-0.023 (YCbCr resized, converted in float: no final rounding to 8 bits). Resizing the decoded ceil(641 / 2) samples as if they spanned 321
         // pixels instead of 320.5 gave 0.23 / 0.028 on 641x483: the bound catches that.
         assert!(mean < 0.025 && max < 0.2, "{w}x{h}: max {max} mean {mean}");
     }
