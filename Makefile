@@ -12,6 +12,7 @@ check-tools:
 	@command -v python3 >/dev/null || { echo "error: python3 not found (it fetches the libtorch wheels): apt-get install -y python3 python3-pip" >&2; exit 1; }
 	@python3 -m pip --version >/dev/null 2>&1 || { echo "error: python3 has no pip (it fetches the libtorch wheels): apt-get install -y python3-pip, or python3 -m ensurepip" >&2; exit 1; }
 	@command -v c++ >/dev/null || { echo "error: no C++ compiler (the libtorch bindings are C++): apt-get install -y g++" >&2; exit 1; }
+	@command -v nasm >/dev/null || echo "note: nasm not found: JPEG decoding builds without SIMD (same pixels, slower; docs/preprocessing.md). For SIMD: apt-get install -y nasm before the first build" >&2
 
 ## The browser test also needs Node.js (Chromium is installed by the test when missing).
 check-test-tools: check-tools
