@@ -129,6 +129,12 @@ for tag in ("cuda_fp32", "cuda_bf16", "cuda_fp16"):
 PY
 
 echo "== 3. dataset embedding throughput on $device ($images JPEGs 640x480, ViT-B/32, batch 256, $(nproc) cores)"
+# libjpeg-turbo's SIMD is in the binary only when nasm was installed at build time
+# (docs/preprocessing.md, "SIMD JPEG decoding"): it decides most of the decode rate.
+if ! command -v nm >/dev/null; then jsimd="unknown (no nm)"
+elif nm "$bin" | grep -Eq "jsimd_idct_islow_(sse2|avx2|neon)"; then jsimd=yes
+else jsimd="no (built without nasm)"; fi
+echo "libjpeg-turbo SIMD in $bin: $jsimd"
 # The feed: decode threads default to the usable cores less one; fast = --fast-decode.
 for run in fp32: bf16: bf16:--fast-decode; do
   IFS=: read -r prec flag <<<"$run"
