@@ -128,14 +128,7 @@ mod tests {
         let store = open_store(&ctx).unwrap();
         let (pipe, model) = block_on(async {
             let model = store
-                .create_model(NewModel {
-                    name: "m1".into(),
-                    status: ModelStatus::Created,
-                    configuration: Default::default(),
-                    dataset_id: None,
-                    description: None,
-                    metadata: json!({}),
-                })
+                .create_model(NewModel::new("m1", ModelStatus::Created))
                 .await?;
             let var = |name: &str, t: &str, value: Value| Variable {
                 id: String::new(),

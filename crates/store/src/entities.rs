@@ -385,6 +385,21 @@ pub struct NewModel {
     pub metadata: Value,
 }
 
+impl NewModel {
+    /// A model with a name and a status, nothing else set yet (empty configuration and
+    /// metadata object, no dataset or description).
+    pub fn new(name: impl Into<String>, status: ModelStatus) -> NewModel {
+        NewModel {
+            name: name.into(),
+            status,
+            configuration: Map::new(),
+            dataset_id: None,
+            description: None,
+            metadata: Value::Object(Map::new()),
+        }
+    }
+}
+
 /// What the template's *Create New Model* node asks for.
 #[derive(Debug, Clone, Default)]
 pub struct CloneModel {

@@ -187,14 +187,7 @@ pub async fn tiny_model(
     )?;
     checkpoint::save(&clip, scratch)?;
     let model = platform
-        .create_model(NewModel {
-            name: name.into(),
-            status: ModelStatus::Created,
-            configuration: Default::default(),
-            dataset_id: None,
-            description: None,
-            metadata: json!({}),
-        })
+        .create_model(NewModel::new(name, ModelStatus::Created))
         .await?;
     crate::nodes::store_weights(platform, &model.id, scratch, ModelStatus::Trained, |_| {}).await
 }

@@ -56,14 +56,7 @@ async fn model_and_set(store: &LocalStore, dim: u32) -> (Dataset, FeatureSet) {
     let model = match store.model_by_name("stress").await {
         Ok(m) => m,
         Err(_) => store
-            .create_model(NewModel {
-                name: "stress".into(),
-                status: ModelStatus::Trained,
-                configuration: Default::default(),
-                dataset_id: None,
-                description: None,
-                metadata: serde_json::json!({}),
-            })
+            .create_model(NewModel::new("stress", ModelStatus::Trained))
             .await
             .unwrap_or_else(|e| fail(e)),
     };

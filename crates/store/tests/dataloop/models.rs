@@ -15,14 +15,7 @@ async fn model_create_sends_what_dtlpy_sends() {
     });
     let b = DataloopBackend::new(cfg).unwrap();
     let m = b
-        .create_model(NewModel {
-            name: "from-app".into(),
-            status: ModelStatus::PreTrained,
-            configuration: Default::default(),
-            dataset_id: None,
-            description: None,
-            metadata: json!({}),
-        })
+        .create_model(NewModel::new("from-app", ModelStatus::PreTrained))
         .await
         .unwrap();
     let body = &gate
@@ -54,16 +47,9 @@ async fn model_create_sends_what_dtlpy_sends() {
 
     // Without an app the types still go, the package does not.
     let (gate2, b2) = setup().await;
-    b2.create_model(NewModel {
-        name: "bare".into(),
-        status: ModelStatus::PreTrained,
-        configuration: Default::default(),
-        dataset_id: None,
-        description: None,
-        metadata: json!({}),
-    })
-    .await
-    .unwrap();
+    b2.create_model(NewModel::new("bare", ModelStatus::PreTrained))
+        .await
+        .unwrap();
     let body = &gate2
         .calls_to("POST", "/ml/models")
         .last()
@@ -176,14 +162,7 @@ async fn model_update_preserves_unknown_fields() {
 async fn artifacts_round_trip_and_stale_files_go() {
     let (gate, b) = setup().await;
     let id = b
-        .create_model(NewModel {
-            name: "trained-1".into(),
-            status: ModelStatus::Training,
-            configuration: Default::default(),
-            dataset_id: None,
-            description: None,
-            metadata: json!({}),
-        })
+        .create_model(NewModel::new("trained-1", ModelStatus::Training))
         .await
         .unwrap()
         .id;

@@ -8,7 +8,6 @@ use cliptune_clip::{checkpoint, Clip, ClipConfig};
 use cliptune_store::import::{import, ImportOptions};
 use cliptune_store::*;
 use cliptune_worker::{Worker, WorkerConfig};
-use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -37,14 +36,7 @@ pub async fn store(images: usize) -> Store {
     let weights = dir.path().join("base-weights");
     checkpoint::save(&clip, &weights).unwrap();
     let base = store
-        .create_model(NewModel {
-            name: "tiny-base".into(),
-            status: ModelStatus::PreTrained,
-            configuration: Default::default(),
-            dataset_id: None,
-            description: None,
-            metadata: json!({}),
-        })
+        .create_model(NewModel::new("tiny-base", ModelStatus::PreTrained))
         .await
         .unwrap();
     let base = store.upload_artifacts(&base.id, &weights).await.unwrap();
