@@ -10,15 +10,24 @@ fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(p).unwrap()
 }
 
+/// The error of the exact path; the reduced-scale path (`--fast-decode`, at a size where the
+/// fixture JPEGs decode at 1/2 and keep YCbCr) must fail on the same input too.
 fn expect_err(bytes: &[u8], name: &str) -> PrepError {
-    let Err(err) = Preprocessor::new(32).from_bytes(bytes, name) else {
-        panic!("{name} ({} bytes) decoded without error", bytes.len());
-    };
-    assert!(
-        err.to_string().contains(name),
-        "error does not name the file: {err}"
-    );
-    err
+    let [exact, _fast] = [
+        Preprocessor::new(32),
+        Preprocessor::new(16).with_fast_decode(true),
+    ]
+    .map(|pre| match pre.from_bytes(bytes, name) {
+        Ok(_) => panic!("{name} ({} bytes) decoded without error", bytes.len()),
+        Err(err) => {
+            assert!(
+                err.to_string().contains(name),
+                "error does not name the file: {err}"
+            );
+            err
+        }
+    });
+    exact
 }
 
 #[test]
