@@ -197,12 +197,14 @@ impl Fixed {
         let mut lo = usize::MAX;
         let mut hi = 0;
         for o in o0..o0 + n {
-            lo = lo.min(self.c.start[o]);
-            hi = hi.max(self.c.start[o] + self.c.len[o]);
-            if self.width > 0 {
-                lo = lo.min(self.wide_start[o]);
-                hi = hi.max(self.wide_start[o] + self.width);
-            }
+            // A padded kernel covers its unpadded one.
+            let (start, len) = if self.width > 0 {
+                (self.wide_start[o], self.width)
+            } else {
+                (self.c.start[o], self.c.len[o])
+            };
+            lo = lo.min(start);
+            hi = hi.max(start + len);
         }
         (lo.min(hi), hi)
     }
